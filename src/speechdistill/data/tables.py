@@ -1,0 +1,146 @@
+"""Reading and writing Kaldi-style ``<key> <value>`` tables (wav.scp, utt2spk, text, ...).
+
+Every ordering here is C-locale byte order (``LC_ALL=C sort``): keys are compared as their
+UTF-8 bytes, whatever the locale of the Python process. Every write goes to a temporary
+file in the same directory and is renamed into place, so an interrupted stage never leaves
+a half-written table behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+class DataDirError(ValueError):
+    """A malformed data directory or table; the message names file, line, key, problem and fix."""
+
+
+def byte_key(text: str) -> bytes:
+    """Sort key giving C-locale (byte) order for a str."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def format_error(path: PathLike, problem: str, *, line: Optional[int] = None, key: Optional[str] = None,
+                 fix: Optional[str] = None) -> str:
+    where = str(path) + (f":{line}" if line is not None else "")
+    msg = f"{where}: " + (f"key '{key}': " if key is not None else "") + problem
+    if fix:
+        msg += f". Fix: {fix}"
+    return msg
+
+
+def parse_table_lines(path: PathLike, raw: bytes) -> List[Tuple[int, str, str]]:
+    """Split raw bytes into (line_number, key, value) triples without judging order.
+
+    A line is stripped of leading/trailing whitespace and split at the first run of
+    whitespace, as Kaldi does. Empty lines and lines without a value are errors.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataDirError(format_error(path, f"invalid UTF-8 byte 0x{raw[exc.start]:02x}", line=line,
+                                        fix="re-encode the file as UTF-8")) from None
+    if text and not text.endswith("\n"):
+        raise DataDirError(format_error(path, "missing newline at the end of the last line",
+                                        line=text.count("\n") + 1, fix="append a final newline"))
+    rows = []
+    for number, line in enumerate(text.split("\n")[:-1] if text else [], start=1):
+        if "\r" in line:
+            raise DataDirError(format_error(path, "carriage return (CR) in line", line=number,
+                                            fix="convert the file to Unix line endings (dos2unix)"))
+        stripped = line.strip(" \t")
+        if not stripped:
+            raise DataDirError(format_error(path, "empty line", line=number, fix="remove empty lines"))
+        parts = stripped.split(None, 1)
+        key = parts[0]
+        value = parts[1].strip() if len(parts) > 1 else ""
+        rows.append((number, key, value))
+    return rows
+
+
+def read_table(path: PathLike, *, allow_empty_value: bool = False, nfields: Optional[int] = None,
+               check_sorted: bool = True) -> Dict[str, str]:
+    """Read a ``<key> <value>`` table into an ordered dict (file order).
+
+    Raises :class:`DataDirError` on a missing file, a missing final newline, an empty line or
+    value, a wrong number of fields (when ``nfields`` is given, counting the key), a duplicate
+    key, or (with ``check_sorted``) keys out of C-locale byte order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataDirError(format_error(path, "file not found", fix="create it or point to the right data dir"))
+    rows = parse_table_lines(path, path.read_bytes())
+    table: Dict[str, str] = {}
+    previous: Optional[Tuple[int, str]] = None
+    for number, key, value in rows:
+        if not value and not allow_empty_value:
+            raise DataDirError(format_error(path, "no value after the key", line=number, key=key,
+                                            fix="every line must be '<key> <value>'"))
+        if nfields is not None:
+            found = 1 + len(value.split())
+            if found != nfields:
+                raise DataDirError(format_error(path, f"expected {nfields} fields, found {found}", line=number,
+                                                key=key))
+        if key in table:
+            raise DataDirError(format_error(path, "duplicate key", line=number, key=key,
+                                            fix="keys must be unique; run utils/fix_data_dir.sh or remove duplicates"))
+        if check_sorted and previous is not None and byte_key(key) < byte_key(previous[1]):
+            raise DataDirError(format_error(
+                path, f"not sorted in C-locale byte order: '{previous[1]}' (line {previous[0]}) comes before it",
+                line=number, key=key,
+                fix="sort with 'LC_ALL=C sort -k1,1' (utils/fix_data_dir.sh does it); if ids join fields with '_', "
+                    "use '-' or zero-pad the speaker ids"))
+        table[key] = value
+        previous = (number, key)
+    return table
+
+
+def sorted_items(mapping: Union[Mapping[str, str], Iterable[Tuple[str, str]]]) -> List[Tuple[str, str]]:
+    items = list(mapping.items()) if isinstance(mapping, Mapping) else list(mapping)
+    return sorted(items, key=lambda kv: byte_key(kv[0]))
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_table(path: PathLike, mapping: Union[Mapping[str, str], Iterable[Tuple[str, str]]], *,
+                sort: bool = True) -> None:
+    """Write a table, byte-order sorted by key (unless ``sort=False``), atomically.
+
+    Values are written as given; a key containing whitespace or an empty key is refused.
+    """
+    items = sorted_items(mapping) if sort else (list(mapping.items()) if isinstance(mapping, Mapping)
+                                                 else list(mapping))
+    lines = []
+    for key, value in items:
+        if not key or any(c.isspace() for c in key):
+            raise DataDirError(format_error(path, "refusing to write a key that is empty or contains whitespace",
+                                            key=key))
+        value = str(value)
+        lines.append(f"{key} {value}\n" if value != "" else f"{key}\n")
+    atomic_write_text(path, "".join(lines))
+
+
+def write_list(path: PathLike, lines: Iterable[str]) -> None:
+    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+
+
+def filter_table(table: Mapping[str, str], keep: Callable[[str], bool]) -> Dict[str, str]:
+    return {k: v for k, v in table.items() if keep(k)}

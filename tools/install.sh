@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Create tools/venv and install speechdistill into it (editable), torch first.
+#
+#   tools/install.sh                 # CPU build of torch ${TH_VERSION:-2.13.0}
+#   TH_VERSION=2.5.1 tools/install.sh
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 tools/install.sh   # a CUDA build
+#
+# Idempotent: when the venv exists, torch is at the wanted version and setup.py has not
+# changed since the last successful install, it returns in about a second.
+set -euo pipefail
+
+tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+root=$(dirname "${tools_dir}")
+venv=${tools_dir}/venv
+th_version=${TH_VERSION:-2.13.0}
+python=${PYTHON:-python3}
+stamp=${venv}/.speechdistill_install_stamp
+
+want_stamp() {
+    # What the install depends on: torch version and the package metadata.
+    echo "torch=${th_version} index=${TORCH_INDEX_URL:-} setup=$(cksum < "${root}/setup.py")"
+}
+
+if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "$(want_stamp)" ] && [ -x "${venv}/bin/python" ]; then
+    echo "tools/install.sh: ${venv} is up to date (torch ${th_version}); nothing to do."
+    exit 0
+fi
+
+if [ ! -x "${venv}/bin/python" ]; then
+    echo "tools/install.sh: creating ${venv} with $(${python} --version 2>&1)"
+    "${python}" -m venv "${venv}"
+fi
+pip=("${venv}/bin/python" -m pip --disable-pip-version-check)
+
+"${pip[@]}" install -q --upgrade pip setuptools wheel
+current_torch=$("${venv}/bin/python" -c 'import torch,sys; sys.stdout.write(torch.__version__.split("+")[0])' 2>/dev/null || true)
+if [ "${current_torch}" != "${th_version}" ]; then
+    echo "tools/install.sh: installing torch==${th_version} (found: '${current_torch:-none}')"
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+        "${pip[@]}" install "torch==${th_version}" --index-url "${TORCH_INDEX_URL}"
+    else
+        "${pip[@]}" install "torch==${th_version}"
+    fi
+fi
+echo "tools/install.sh: installing speechdistill[synth,test] (editable)"
+(cd "${root}" && "${pip[@]}" install -q -e ".[synth,test]")
+want_stamp > "${stamp}.tmp" && mv "${stamp}.tmp" "${stamp}"
+echo "tools/install.sh: done. Activate with: . tools/activate_python.sh"
