@@ -1,0 +1,1 @@
+"""Stage entry points: ``python -m speechdistill.bin.<name> --help``."""
