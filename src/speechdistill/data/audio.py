@@ -16,6 +16,7 @@ import io
 import re
 import struct
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -103,6 +104,53 @@ def _decode_bytes(data: bytes) -> Tuple[np.ndarray, int]:
         return _decode_streamed_wav(data)
 
 
+def _existing_audio_file(value: str, key: Optional[str]) -> Path:
+    path = Path(value.strip())
+    if not path.is_file():
+        raise AudioError(f"{_describe(key, value)}: audio file not found. "
+                         "Fix: check the path in wav.scp (relative paths are relative to the recipe dir)")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{_describe(key, value)}: audio file is empty (0 bytes). "
+                         "Fix: re-create the file or remove the utterance (utils/fix_data_dir.sh)")
+    return path
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a recording holds: ``num_samples`` per channel at ``sample_rate`` Hz in ``channels``."""
+    num_samples: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.num_samples / self.sample_rate
+
+
+def probe_audio(value: str, *, key: Optional[str] = None, read_entire_file: bool = False,
+                pipe_timeout: Optional[float] = None) -> AudioInfo:
+    """Length, rate and channel count of one wav.scp value.
+
+    A plain file is measured from its header (``soundfile.info``) without decoding, unless
+    ``read_entire_file`` is set; pipes and archive entries are always decoded, since a
+    streamed WAV header carries no valid length. A header-only read does not notice a file
+    truncated after its header was written (e.g. a cut FLAC): ``read_entire_file`` does.
+    """
+    if rxfilename_kind(value) == "path" and not read_entire_file:
+        path = _existing_audio_file(value, key)
+        try:
+            info = soundfile.info(str(path))
+        except Exception as exc:  # libsndfile raises several types for unreadable headers
+            raise AudioError(f"{_describe(key, value)}: cannot read the audio header: {exc}. "
+                             "Fix: check the file is intact (e.g. 'flac -t FILE' or 'soxi FILE')") from None
+        # Streamed files (e.g. a FLAC written to a pipe) may leave the length field at 0.
+        if info.frames > 0:
+            return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+    samples, rate = load_rxfilename(value, key=key, pipe_timeout=pipe_timeout)
+    return AudioInfo(int(samples.shape[0]), int(rate), int(samples.shape[1]))
+
+
 def load_rxfilename(value: str, *, key: Optional[str] = None, pipe_timeout: Optional[float] = None
                     ) -> Tuple[np.ndarray, int]:
     """Load audio for one wav.scp value; returns (samples [T, C] float32, sample_rate)."""
@@ -126,13 +174,7 @@ def load_rxfilename(value: str, *, key: Optional[str] = None, pipe_timeout: Opti
                 array = array.astype(np.float32) / scale
             samples = array.astype(np.float32).reshape(len(array), -1)
         else:
-            path = Path(value.strip())
-            if not path.is_file():
-                raise AudioError(f"{_describe(key, value)}: audio file not found. "
-                                 "Fix: check the path in wav.scp (relative paths are relative to the recipe dir)")
-            if path.stat().st_size == 0:
-                raise AudioError(f"{_describe(key, value)}: audio file is empty (0 bytes). "
-                                 "Fix: re-create the file or remove the utterance (utils/fix_data_dir.sh)")
+            path = _existing_audio_file(value, key)
             samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except AudioError:
         raise
@@ -142,6 +184,26 @@ def load_rxfilename(value: str, *, key: Optional[str] = None, pipe_timeout: Opti
     if samples.shape[0] == 0:
         raise AudioError(f"{_describe(key, value)}: audio has no samples")
     return samples, int(rate)
+
+
+def segment_bounds(num_samples: int, rate: int, segment: Tuple[float, Optional[float]], *,
+                   key: Optional[str] = None, value: str = "") -> Tuple[int, int]:
+    """Sample range [first, last) of a (start, end) segment in seconds within a recording.
+
+    ``end`` <= 0 or None means "to the end"; an end past the recording is clipped to it.
+    """
+    start, end = segment
+    first = int(round(start * rate))
+    last = num_samples if end is None or end <= 0 else min(int(round(end * rate)), num_samples)
+    if first >= num_samples:
+        raise AudioError(f"{_describe(key, value)}: segment starts at {start:.2f} s but the recording "
+                         f"lasts {num_samples / rate:.2f} s. Fix: correct the segments file")
+    return first, last
+
+
+def resampled_length(num_samples: int, orig_rate: int, new_rate: int) -> int:
+    """Number of samples :func:`speechdistill.data.resample.resample` returns: ceil(T * new / orig)."""
+    return -(-num_samples * new_rate // orig_rate)
 
 
 def read_audio(value: str, *, key: Optional[str] = None, sample_rate: int = SAMPLE_RATE,
@@ -161,13 +223,8 @@ def read_audio(value: str, *, key: Optional[str] = None, sample_rate: int = SAMP
     else:
         mono = samples[:, 0]
     if segment is not None:
-        start, end = segment
-        first = int(round(start * rate))
-        last = len(mono) if end is None or end <= 0 else int(round(end * rate))
-        if first >= len(mono):
-            raise AudioError(f"{_describe(key, value)}: segment starts at {start:.2f} s but the recording "
-                             f"lasts {len(mono) / rate:.2f} s. Fix: correct the segments file")
-        mono = mono[first:min(last, len(mono))]
+        first, last = segment_bounds(len(mono), rate, segment, key=key, value=value)
+        mono = mono[first:last]
     if rate != sample_rate:
         if not resample:
             raise AudioError(f"{_describe(key, value)}: sample rate is {rate} Hz, expected {sample_rate} Hz. "

@@ -8,11 +8,14 @@ a half-written table behind.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
+_WHITESPACE = re.compile(r"\s")
 
 
 class DataDirError(ValueError):
@@ -20,8 +23,16 @@ class DataDirError(ValueError):
 
 
 def byte_key(text: str) -> bytes:
-    """Sort key giving C-locale (byte) order for a str."""
+    """Sort key giving C-locale (byte) order for a str.
+
+    For text decoded as strict UTF-8 (every table here) plain ``str`` comparison gives the same
+    order, because UTF-8 byte order is code point order; the hot paths below rely on that.
+    """
     return text.encode("utf-8", "surrogateescape")
+
+
+def _first(item: Tuple[str, str]) -> str:
+    return item[0]
 
 
 def format_error(path: PathLike, problem: str, *, line: Optional[int] = None, key: Optional[str] = None,
@@ -39,12 +50,7 @@ def parse_table_lines(path: PathLike, raw: bytes) -> List[Tuple[int, str, str]]:
     A line is stripped of leading/trailing whitespace and split at the first run of
     whitespace, as Kaldi does. Empty lines and lines without a value are errors.
     """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataDirError(format_error(path, f"invalid UTF-8 byte 0x{raw[exc.start]:02x}", line=line,
-                                        fix="re-encode the file as UTF-8")) from None
+    text = decode_utf8(path, raw)
     if text and not text.endswith("\n"):
         raise DataDirError(format_error(path, "missing newline at the end of the last line",
                                         line=text.count("\n") + 1, fix="append a final newline"))
@@ -61,6 +67,94 @@ def parse_table_lines(path: PathLike, raw: bytes) -> List[Tuple[int, str, str]]:
         value = parts[1].strip() if len(parts) > 1 else ""
         rows.append((number, key, value))
     return rows
+
+
+class TableLine(NamedTuple):
+    """One non-empty line of a table: 1-based line ``number``, ``key`` and the rest (``value``)."""
+    number: int
+    key: str
+    value: str
+
+
+@dataclass
+class TableScan:
+    """A table read without judging it: every non-empty line in file order, plus what is off.
+
+    Used by the validator (to report every kind of problem) and by the fixer (to repair them);
+    :func:`read_table` is the strict reader for everything else.
+    """
+    path: Path
+    lines: List[TableLine]
+    missing_final_newline: bool = False
+    empty_lines: List[int] = field(default_factory=list)
+    crlf_lines: List[int] = field(default_factory=list)
+
+    def first_unsorted(self) -> Optional[Tuple[TableLine, TableLine]]:
+        """The first pair of adjacent lines whose keys are out of C-locale byte order."""
+        for before, after in zip(self.lines, self.lines[1:]):
+            if after.key < before.key:
+                return before, after
+        return None
+
+    def duplicates(self) -> List[Tuple[TableLine, TableLine]]:
+        """(first occurrence, repeat) for every repeated key, in file order of the repeats."""
+        first: Dict[str, TableLine] = {}
+        repeats = []
+        for line in self.lines:
+            if line.key in first:
+                repeats.append((first[line.key], line))
+            else:
+                first[line.key] = line
+        return repeats
+
+    def as_dict(self) -> Dict[str, str]:
+        """key -> value, keeping the first occurrence of a repeated key, in file order."""
+        table: Dict[str, str] = {}
+        for line in self.lines:
+            table.setdefault(line.key, line.value)
+        return table
+
+
+def decode_utf8(path: PathLike, raw: bytes) -> str:
+    """Decode a table's bytes; invalid UTF-8 is an error naming the line, column and byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw[: exc.start].count(b"\n") + 1
+        column = len(raw[line_start: exc.start].decode("utf-8", "replace")) + 1
+        raise DataDirError(format_error(path, f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at column {column}",
+                                        line=line, fix="re-encode the file as UTF-8 (e.g. 'iconv -f latin1 -t utf-8')"
+                                        )) from None
+
+
+def scan_table(path: PathLike) -> TableScan:
+    """Read every non-empty line of a table leniently (order, duplicates, CR and final newline noted).
+
+    Raises :class:`DataDirError` only for what cannot be read at all: a missing file or bytes
+    that are not UTF-8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataDirError(format_error(path, "file not found", fix="create it or point to the right data dir"))
+    text = decode_utf8(path, path.read_bytes())
+    scan = TableScan(path=path, lines=[], missing_final_newline=bool(text) and not text.endswith("\n"))
+    pieces = text.split("\n")
+    if not scan.missing_final_newline:
+        pieces.pop()  # the empty piece after the final newline is not a line
+    lines = scan.lines
+    for number, line in enumerate(pieces, start=1):
+        if line.endswith("\r"):
+            scan.crlf_lines.append(number)
+            line = line[:-1]
+        parts = line.split(None, 1)
+        if not parts:
+            scan.empty_lines.append(number)
+        elif len(parts) == 1:
+            lines.append(TableLine(number, parts[0], ""))
+        else:
+            lines.append(TableLine(number, parts[0], parts[1].rstrip()))
+    return scan
 
 
 def read_table(path: PathLike, *, allow_empty_value: bool = False, nfields: Optional[int] = None,
@@ -89,7 +183,7 @@ def read_table(path: PathLike, *, allow_empty_value: bool = False, nfields: Opti
         if key in table:
             raise DataDirError(format_error(path, "duplicate key", line=number, key=key,
                                             fix="keys must be unique; run utils/fix_data_dir.sh or remove duplicates"))
-        if check_sorted and previous is not None and byte_key(key) < byte_key(previous[1]):
+        if check_sorted and previous is not None and key < previous[1]:
             raise DataDirError(format_error(
                 path, f"not sorted in C-locale byte order: '{previous[1]}' (line {previous[0]}) comes before it",
                 line=number, key=key,
@@ -102,7 +196,7 @@ def read_table(path: PathLike, *, allow_empty_value: bool = False, nfields: Opti
 
 def sorted_items(mapping: Union[Mapping[str, str], Iterable[Tuple[str, str]]]) -> List[Tuple[str, str]]:
     items = list(mapping.items()) if isinstance(mapping, Mapping) else list(mapping)
-    return sorted(items, key=lambda kv: byte_key(kv[0]))
+    return sorted(items, key=_first)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -130,7 +224,7 @@ def write_table(path: PathLike, mapping: Union[Mapping[str, str], Iterable[Tuple
                                                  else list(mapping))
     lines = []
     for key, value in items:
-        if not key or any(c.isspace() for c in key):
+        if not key or _WHITESPACE.search(key):
             raise DataDirError(format_error(path, "refusing to write a key that is empty or contains whitespace",
                                             key=key))
         value = str(value)
