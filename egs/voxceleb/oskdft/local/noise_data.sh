@@ -1,0 +1,1 @@
+../../../librispeech/distill/local/noise_data.sh

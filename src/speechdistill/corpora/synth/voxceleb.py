@@ -1,0 +1,129 @@
+"""Mini VoxCeleb: synthesized speakers in VoxCeleb1's layout, with a balanced trial list.
+
+``<out>/VoxCeleb1/{dev,test}/wav/<idNNNNN>/<video>/<NNNNN>.wav`` and
+``<out>/VoxCeleb1/veri_test2.txt`` (official format ``1|0 enroll test``). Dev (training)
+and test speakers are disjoint. Every "video" of a speaker has its own recording channel
+(an EQ and a background-noise floor), so that, as in VoxCeleb, a speaker must be recognised
+across channels. Trials are half target (pairs of one speaker, from different videos when it
+has several) and half nontarget.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from .build import VoiceData, build_once, shard_seeds
+from .engine import Channel, SpeechItem, SpeechShard, run_speech_shard, run_tasks
+from .sentences import SentenceGenerator
+from .voices import make_voices
+
+_VIDEO_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+@dataclasses.dataclass
+class MiniVoxCelebConfig:
+    """Size of the mini VoxCeleb. ``train_minutes`` is a target (actual within ~10 %)."""
+
+    train_minutes: float = 30.0
+    train_speakers: int = 40
+    test_speakers: int = 10
+    test_utterances_per_speaker: int = 6
+    videos_per_speaker: int = 3
+    trials: int = 300
+    min_words: int = 5
+    max_words: int = 16
+
+
+def _video_id(rng: np.random.Generator) -> str:
+    first = _VIDEO_ALPHABET[int(rng.integers(62))]  # no leading '-' or '_'
+    return first + "".join(_VIDEO_ALPHABET[int(i)] for i in rng.integers(0, len(_VIDEO_ALPHABET), size=10))
+
+
+def _channel(rng: np.random.Generator) -> Channel:
+    return Channel(eq_hz=float(np.exp(rng.uniform(np.log(200), np.log(5000)))), eq_gain_db=float(rng.uniform(-6, 6)),
+                   noise_snr_db=float(rng.uniform(20, 40)), noise_tilt=float(rng.uniform(-0.5, 0.9)))
+
+
+def make_trials(utterances: Dict[str, List[str]], count: int, rng: np.random.Generator) -> List[Tuple[int, str, str]]:
+    """Balanced (label, enroll, test) trials over ``speaker -> utterance keys``.
+
+    Target pairs prefer different videos; there are ``min(count // 2, possible target pairs)``
+    of each label, in shuffled order.
+    """
+    targets = []
+    for keys in utterances.values():
+        for a, b in itertools.combinations(keys, 2):
+            cross_video = a.split("/")[1] != b.split("/")[1]
+            targets.append((not cross_video, a, b))
+    order = rng.permutation(len(targets))
+    targets = sorted((targets[i] for i in order), key=lambda t: t[0])  # cross-video pairs first
+    half = min(count // 2, len(targets))
+    chosen = [(1, a, b) for _, a, b in targets[:half]]
+    speakers = sorted(utterances)
+    seen = set()
+    while len(chosen) < 2 * half:
+        s1, s2 = rng.choice(len(speakers), size=2, replace=False)
+        a = utterances[speakers[s1]][int(rng.integers(len(utterances[speakers[s1]])))]
+        b = utterances[speakers[s2]][int(rng.integers(len(utterances[speakers[s2]])))]
+        if (a, b) not in seen:
+            seen.add((a, b))
+            chosen.append((0, a, b))
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def make_mini_voxceleb(out_root: Path, config: MiniVoxCelebConfig, *, seed: int = 0, nj: int = 2) -> Dict[str, Any]:
+    """Build (or keep) ``out_root/VoxCeleb1``; returns its marker (settings, produced, skipped)."""
+    settings = {"seed": seed, **dataclasses.asdict(config)}
+    return build_once(Path(out_root), "VoxCeleb1", settings, lambda tmp: _build(tmp, config, seed, nj))
+
+
+def _build(root: Path, config: MiniVoxCelebConfig, seed: int, nj: int) -> Dict[str, Any]:
+    rng = np.random.default_rng([seed, 2])
+    total = config.train_speakers + config.test_speakers
+    voices = make_voices(total, rng, prefix="vc")
+    ids = [f"id{n}" for n in sorted(rng.choice(np.arange(10001, 11252), size=total, replace=False))]
+    order = rng.permutation(total)
+    speaker_ids = [ids[i] for i in order]
+    sentences = SentenceGenerator(rng)
+    shards: List[SpeechShard] = []
+    test_utterances: Dict[str, List[str]] = {}
+    seeds = shard_seeds(rng, total)
+    texts: List[List[str]] = [[] for _ in range(total)]
+    planned, turn = 0.0, 0
+    while planned < config.train_minutes * 60 or turn < config.train_speakers:  # round-robin over training speakers
+        index = turn % config.train_speakers
+        texts[index].append(sentences.sentence(config.min_words, config.max_words))
+        planned += voices[index].estimated_seconds(texts[index][-1])
+        turn += 1
+    for index in range(config.train_speakers, total):
+        texts[index] = [sentences.sentence(config.min_words, config.max_words)
+                        for _ in range(config.test_utterances_per_speaker)]
+    for index, (speaker, voice) in enumerate(zip(speaker_ids, voices)):
+        subset = "dev" if index < config.train_speakers else "test"
+        videos = [(_video_id(rng), _channel(rng)) for _ in range(max(1, config.videos_per_speaker))]
+        numbers: Dict[str, int] = {}
+        items = []
+        for n, text in enumerate(texts[index]):
+            video, channel = videos[n % len(videos)]
+            numbers[video] = numbers.get(video, 0) + 1
+            path = root / subset / "wav" / speaker / video / f"{numbers[video]:05d}.wav"
+            items.append(SpeechItem([text], str(path), channel))
+            if subset == "test":
+                test_utterances.setdefault(speaker, []).append(f"{speaker}/{video}/{numbers[video]:05d}.wav")
+        shards.append(SpeechShard(voice, items, seeds[index]))
+    with VoiceData(voices, root) as espeak_data:
+        results = run_tasks([(run_speech_shard, (shard,)) for shard in shards], nj=nj, desc="mini VoxCeleb",
+                            espeak_data=espeak_data)
+    trials = make_trials(test_utterances, config.trials, rng)
+    (root / "veri_test2.txt").write_text("".join(f"{label} {a} {b}\n" for label, a, b in trials), encoding="utf-8")
+    (root / "README.TXT").write_text(
+        "Mini VoxCeleb: speakers synthesized by speechdistill (espeak-ng voices, per-video channels) in the\n"
+        "layout of VoxCeleb1, with a balanced trial list in the official format. Not real speech.\n", encoding="utf-8")
+    train_seconds = sum(r.seconds for r, s in zip(results, shards) if "/dev/" in s.items[0].path)
+    return {"train_minutes": round(train_seconds / 60, 2), "train_speakers": config.train_speakers,
+            "test_speakers": config.test_speakers, "trials": len(trials),
+            "target_trials": sum(1 for t in trials if t[0] == 1)}

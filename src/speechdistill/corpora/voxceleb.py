@@ -1,0 +1,174 @@
+"""VoxCeleb1/2 -> Kaldi data dirs and trial lists (conventions §4.1, §4.2, §6.10).
+
+Ids follow WeSpeaker: the utterance id is ``<spk>/<video>/<NNNNN>.wav`` (the last three path
+components, always spelled ``.wav``) and the speaker is ``<spk>``. These are exactly the
+names in the official trial lists, so trials need no rewriting, and VoxCeleb2 ids do not
+change when the m4a files are converted to wav. Speaker ids all have the same length
+(``id`` + 5 digits), so utt2spk sorts identically by utterance and by speaker.
+
+Layouts read (the zips unpack to any of these):
+``<root>/{dev,test}/wav/<spk>/<video>/<n>.wav`` (VoxCeleb1), ``<root>/{dev,test}/aac/<spk>/<video>/<n>.m4a``
+(VoxCeleb2; converted ``.wav`` files there are used as they are), or the same without the
+``dev``/``test`` level. m4a audio is read through ``ffmpeg -v 8 -i X -f wav -acodec pcm_s16le - |``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+from speechdistill.data.tables import byte_key
+
+from .common import CorpusError, PrepResult, Utterance, check_key, finish_prep, probe_all, resolve_dir, skip_if_done
+
+logger = logging.getLogger("speechdistill.corpora")
+
+_SPEAKER = re.compile(r"^id[0-9]+$")
+TRIAL_URL = "https://www.robots.ox.ac.uk/~vgg/data/voxceleb/meta/"
+
+
+def ffmpeg_pipe(path: str) -> str:
+    """wav.scp value decoding an m4a file to 16-bit WAV on stdout."""
+    return f"ffmpeg -v 8 -i {shlex.quote(path)} -f wav -acodec pcm_s16le - |"
+
+
+def _audio_roots(root: Path, subsets: Sequence[str]) -> List[Path]:
+    """Directories holding the speaker dirs of ``subsets``.
+
+    Split layout: ``<root>/<subset>/{wav,aac}`` (or ``<root>/<subset>``). Merged layout (both zips
+    unpacked into one ``<root>/{wav,aac}``): dev and test cannot be told apart, so it serves only a
+    request for both.
+    """
+    def speaker_dir(candidates: Sequence[Path]) -> Optional[Path]:
+        for candidate in candidates:
+            if candidate.is_dir() and any(_SPEAKER.match(p.name) for p in candidate.iterdir()):
+                return candidate
+        return None
+
+    found = [speaker_dir([root / s / "wav", root / s / "aac", root / s]) for s in subsets]
+    if all(found):
+        return [f for f in found if f is not None]
+    merged = speaker_dir([root / "wav", root / "aac", root])
+    if merged is not None and set(subsets) == {"dev", "test"}:
+        return [merged]
+    missing = [s for s, f in zip(subsets, found) if f is None]
+    if merged is not None:
+        raise CorpusError(f"{merged} holds dev and test speakers together, so subset(s) {', '.join(missing)} cannot "
+                          "be picked out. Fix: unzip the dev and test archives into <root>/dev and <root>/test, or "
+                          "ask for both subsets (with --trials and --trial-utts-only for an evaluation set)")
+    raise CorpusError(f"VoxCeleb subset(s) {', '.join(missing)} not found under {root}: expected speaker directories "
+                      f"(id00012/ ...) in {root}/<subset>/wav or {root}/<subset>/aac. Fix: unzip the VoxCeleb "
+                      "archives there or point at the right root")
+
+
+def scan_voxceleb(root: Path, subsets: Sequence[str]) -> List[Utterance]:
+    """Utterances under ``root`` for ``subsets``; files named twice (wav and m4a) keep the wav."""
+    chosen: Dict[str, Utterance] = {}
+    for base in _audio_roots(root, subsets):
+        for spk_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+            if not _SPEAKER.match(spk_dir.name):
+                logger.warning("%s: not a VoxCeleb speaker directory (idNNNNN); ignored", spk_dir)
+                continue
+            for video_dir in sorted(p for p in spk_dir.iterdir() if p.is_dir()):
+                for audio in sorted(video_dir.iterdir()):
+                    if audio.suffix not in (".wav", ".m4a") or not audio.is_file():
+                        continue
+                    key = f"{spk_dir.name}/{video_dir.name}/{audio.stem}.wav"
+                    check_key(key, str(audio))
+                    wav = str(audio) if audio.suffix == ".wav" else ffmpeg_pipe(str(audio))
+                    if key in chosen and audio.suffix == ".m4a":
+                        continue
+                    chosen[key] = Utterance(key, wav, spk_dir.name)
+    return [chosen[k] for k in sorted(chosen, key=byte_key)]
+
+
+def prepare_voxceleb(corpus_dir: str, subsets: Sequence[str], out_dir: str, *, nj: int = 1,
+                     verify: str = "tail", trials_file: Optional[str] = None, trial_utts_only: bool = False
+                     ) -> PrepResult:
+    """Prepare the ``subsets`` (``dev``, ``test``) of a VoxCeleb1 or VoxCeleb2 root as one data dir.
+
+    Writes ``wav.scp``, ``utt2spk``, ``spk2utt``, ``utt2num_samples`` and ``bad_utts``. With
+    ``trials_file`` (official ``1 a b`` or Kaldi ``a b target`` lines) it also writes ``trials``
+    (``enroll test target|nontarget``); a trial naming an utterance that is absent or
+    unreadable is dropped and listed with the reason in ``bad_trials``. ``trial_utts_only`` keeps
+    only the utterances the trials name (an evaluation set out of all of VoxCeleb1).
+    """
+    root = resolve_dir(corpus_dir, "VoxCeleb directory", "point at the directory holding dev/ and test/")
+    if not subsets:
+        raise CorpusError("no VoxCeleb subset given. Fix: name dev and/or test")
+    out = Path(out_dir)
+    settings = {"corpus": str(root), "subsets": list(subsets), "verify": verify, "kind": "voxceleb"}
+    trials = None
+    if trials_file is not None:
+        trials_path = Path(trials_file)
+        if not trials_path.is_file():
+            raise CorpusError(f"trial list '{trials_path}' not found. Fix: download {trials_path.name} from "
+                              f"{TRIAL_URL}")
+        trials = read_trials(trials_path)
+        settings["trials"] = str(trials_path.resolve())
+        settings["trials_size"] = trials_path.stat().st_size
+        settings["trial_utts_only"] = trial_utts_only
+    elif trial_utts_only:
+        raise CorpusError("trial_utts_only needs a trial list. Fix: give --trials")
+    done = skip_if_done(out, settings)
+    if done is not None:
+        return done
+    utterances = scan_voxceleb(root, subsets)
+    if trials is not None and trial_utts_only:
+        named = {k for enroll, test, _ in trials for k in (enroll, test)}
+        utterances = [u for u in utterances if u.key in named]
+    logger.info("%s (%s): %d utterances of %d speakers", root, " ".join(subsets), len(utterances),
+                len({u.speaker for u in utterances}))
+    probes = probe_all([(u.key, u.wav) for u in utterances], nj=nj, verify=verify, desc=f"probe {out.name}")
+    reasons = {p.key: p.error for p in probes if p.error is not None}
+
+    def trial_files(kept: Set[str]) -> Tuple[Dict[str, str], Dict[str, int]]:
+        if trials is None:
+            return {}, {}
+        kept_trials, dropped = [], []
+        for enroll, test, label in trials:
+            missing = [k for k in (enroll, test) if k not in kept]
+            if missing:
+                why = "; ".join(f"{k} " + (f"unreadable: {reasons[k]}" if k in reasons else "not in the corpus")
+                                for k in missing)
+                dropped.append(f"{enroll} {test} {label} # {why}\n")
+            else:
+                kept_trials.append(f"{enroll} {test} {label}\n")
+        if not kept_trials:
+            raise CorpusError(f"none of the {len(trials)} trials of {trials_file} names an utterance of {root} "
+                              f"({' '.join(subsets)}). Fix: prepare the subsets the list needs (test for Vox1-O, "
+                              "dev and test for Vox1-E/H)")
+        for line in dropped[:5]:
+            logger.warning("%s: trial dropped: %s", out, line.strip())
+        if dropped:
+            logger.warning("%s: %d of %d trials dropped (listed in bad_trials)", out, len(dropped), len(trials))
+        targets = sum(1 for line in kept_trials if line.endswith(" target\n"))
+        return ({"trials": "".join(kept_trials), "bad_trials": "".join(dropped)},
+                {"trials": len(kept_trials), "target_trials": targets, "dropped_trials": len(dropped)})
+
+    return finish_prep(out, utterances, probes, settings=settings, extra_files=trial_files)
+
+
+def read_trials(path: Path) -> List[Tuple[str, str, str]]:
+    """(enroll, test, target|nontarget) from an official list (``1 a b``) or a Kaldi one (``a b target``)."""
+    trials = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 3 and fields[0] in ("0", "1"):
+            trials.append((fields[1], fields[2], "target" if fields[0] == "1" else "nontarget"))
+        elif len(fields) == 3 and fields[2] in ("target", "nontarget"):
+            trials.append((fields[0], fields[1], fields[2]))
+        else:
+            raise CorpusError(f"{path}:{number}: expected '1|0 enroll test' (official) or 'enroll test "
+                              f"target|nontarget' (Kaldi), found '{line.strip()}'. Fix: use the list as downloaded "
+                              f"from {TRIAL_URL}")
+    if not trials:
+        raise CorpusError(f"{path}: the trial list is empty. Fix: download it again from {TRIAL_URL}")
+    return trials
+
+
+__all__ = ["prepare_voxceleb", "read_trials", "ffmpeg_pipe"]
