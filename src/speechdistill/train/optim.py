@@ -1,0 +1,152 @@
+"""AdamW over a task's parameter groups, learning-rate schedules, s3prl-style weight-decay grouping.
+
+Gradient ascent (negative learning rate). ``torch.optim.AdamW`` refuses ``lr < 0``, but DPHuBERT
+trains its Lagrange multipliers with lr = -0.02 (min over the model, max over the multipliers).
+For such a group the optimizer holds ``|lr|`` and the trainer negates the group's gradients just
+before ``optimizer.step()`` (:func:`flip_ascent_gradients`). With zero weight decay this is the
+same update as Adam with a negative lr: Adam's moments of ``-g`` are ``-m`` and ``v``, so the step
+``-|lr| * (-m_hat) / (sqrt(v_hat) + eps)`` equals ``lr * m_hat / (sqrt(v_hat) + eps)`` for
+``lr = -|lr|``. Weight decay on an ascent group is refused (decoupled decay would pull towards zero
+instead of pushing away, so neither sign convention is what a user would expect).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+
+import torch
+
+from ..config import ConfigError
+from .config import TrainerConfig
+
+
+def lr_multiplier(update: int, *, schedule: str, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.0
+                  ) -> float:
+    """Factor of the peak lr for the ``update``-th optimizer update (0-based).
+
+    Warmup rises linearly ``1/W, 2/W, ..., 1`` over the first ``W`` updates (no wasted update at
+    lr 0); then ``linear`` falls linearly and ``cosine`` along a half cosine from 1 towards
+    ``min_lr_ratio``, which it would reach at update ``max_steps``; ``constant`` stays at 1.
+    """
+    if warmup_steps > 0 and update < warmup_steps:
+        return (update + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, max(0.0, (update - warmup_steps) / max(1, max_steps - warmup_steps)))
+    if schedule == "linear":
+        shape = 1.0 - progress
+    elif schedule == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ConfigError(f"config.lr_schedule: '{schedule}' is not one of linear, cosine, constant")
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+def _config_schedule(config: TrainerConfig) -> Callable[[int], float]:
+    # A plain function, not an object: LambdaLR would save an object's attributes in its
+    # state_dict and restore them on resume, overriding a max_steps changed on purpose.
+    warmup = config.total_warmup_steps
+
+    def schedule(update: int) -> float:
+        return lr_multiplier(update, schedule=config.lr_schedule, warmup_steps=warmup, max_steps=config.max_steps,
+                             min_lr_ratio=config.min_lr_ratio)
+    return schedule
+
+
+def decay_param_groups(model: torch.nn.Module, weight_decay: float = 0.01,
+                       no_decay: Sequence[str] = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+                       ) -> List[Dict[str, Any]]:
+    """Two groups, s3prl style: ``weight_decay`` for every trainable parameter whose name contains
+    none of ``no_decay``, 0 for the others (biases and modules literally named ``LayerNorm``)."""
+    decay, plain = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (plain if any(part in name for part in no_decay) else decay).append(parameter)
+    groups = [{"name": "decay", "params": decay, "weight_decay": weight_decay},
+              {"name": "no_decay", "params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: torch.nn.Module, groups: Iterable[Dict[str, Any]], config: TrainerConfig
+                    ) -> Tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``groups`` (see ``Task.param_groups``) and the LambdaLR schedule of ``config``.
+
+    Every trainable parameter of ``model`` must be in exactly one group. Each optimizer group
+    keeps ``name``, ``ascent`` (True for a negative lr) for logs and :func:`flip_ascent_gradients`.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: Dict[int, str] = {}
+    prepared: List[Dict[str, Any]] = []
+    lambdas: List[Callable[[int], float]] = []
+    default = _config_schedule(config)
+    for index, group in enumerate(groups):
+        group = dict(group)
+        label = str(group.pop("name", f"group{index}"))
+        params = [p for p in group.pop("params") if p.requires_grad]
+        if not params:
+            raise ConfigError(f"parameter group '{label}' has no trainable parameter; drop it from param_groups")
+        for parameter in params:
+            if id(parameter) in seen:
+                raise ConfigError(f"parameter '{names.get(id(parameter), '?')}' is in two groups "
+                                  f"('{seen[id(parameter)]}' and '{label}'); each belongs to one")
+            seen[id(parameter)] = label
+        lr = float(group.pop("lr", config.lr))
+        weight_decay = float(group.pop("weight_decay", config.weight_decay))
+        schedule = group.pop("schedule", None)
+        if group:
+            raise ConfigError(f"parameter group '{label}': unknown keys {sorted(group)}; allowed: params, name, lr, "
+                              "weight_decay, schedule")
+        if lr < 0 and weight_decay != 0:
+            raise ConfigError(f"parameter group '{label}' has a negative lr (gradient ascent) and weight decay "
+                              f"{weight_decay}; set its weight_decay to 0")
+        prepared.append({"params": params, "lr": abs(lr), "weight_decay": weight_decay, "name": label,
+                         "ascent": lr < 0})
+        lambdas.append(schedule if schedule is not None else default)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ConfigError(f"{len(missing)} trainable parameter(s) are in no optimizer group, e.g. "
+                          f"{', '.join(missing[:5])}; add them to Task.param_groups or set requires_grad=False")
+    optimizer = torch.optim.AdamW(prepared, lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+    return optimizer, scheduler
+
+
+def flip_ascent_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Negate the gradients of every ``ascent`` group (call right before ``optimizer.step()``)."""
+    for group in optimizer.param_groups:
+        if group.get("ascent"):
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    parameter.grad.neg_()
+
+
+def group_learning_rates(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
+    """Current signed lr of every group by name (negative for ascent groups)."""
+    return {group["name"]: (-group["lr"] if group.get("ascent") else group["lr"]) for group in optimizer.param_groups}
+
+
+_HYPERPARAMETERS = ("lr", "initial_lr", "betas", "eps", "weight_decay", "name", "ascent")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                         optimizer_state: Dict[str, Any], scheduler_state: Dict[str, Any]) -> None:
+    """Restore moments and the update count from a checkpoint; keep the *current* hyperparameters.
+
+    ``load_state_dict`` would bring back the learning rates, betas and weight decay saved in the
+    checkpoint; a user who resumes with ``--lr`` or ``--max_steps`` changed means the new values,
+    so the groups' hyperparameters and the scheduler's base lrs are re-applied afterwards and the
+    lr recomputed for the restored update count.
+    """
+    fresh = [{key: group[key] for key in _HYPERPARAMETERS if key in group} for group in optimizer.param_groups]
+    base_lrs = list(scheduler.base_lrs)
+    if len(optimizer_state["param_groups"]) != len(fresh):
+        raise ConfigError(f"the checkpoint has {len(optimizer_state['param_groups'])} optimizer groups, the task now "
+                          f"builds {len(fresh)}; resume with the configuration the run started with")
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    scheduler.base_lrs = base_lrs
+    for group, saved, base, schedule in zip(optimizer.param_groups, fresh, base_lrs, scheduler.lr_lambdas):
+        group.update(saved)
+        group["lr"] = base * schedule(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
