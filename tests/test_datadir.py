@@ -237,3 +237,17 @@ def test_lengths_with_segments_and_resampling(tmp_path):
     # 0.25 s = 2000 samples at 8 kHz -> 4000 at 16 kHz; 0.5 s to the end (1.0 s) = 4000 -> 8000
     assert data.tables["utt2num_samples"] == {"s-1": "4000", "s-2": "8000"}
     assert data.tables["reco2dur"] == {"r": "1"}
+
+
+def test_written_tables_get_umask_permissions_not_0600(tmp_path):
+    import os
+    import stat
+
+    from speechdistill.data.tables import write_table
+
+    old = os.umask(0o022)
+    try:
+        write_table(tmp_path / "utt2spk", {"a-1": "a"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "utt2spk").stat().st_mode) == 0o644

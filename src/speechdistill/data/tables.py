@@ -199,6 +199,12 @@ def sorted_items(mapping: Union[Mapping[str, str], Iterable[Tuple[str, str]]]) -
     return sorted(items, key=_first)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory + rename."""
     path = Path(path)
@@ -207,6 +213,7 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; tables are shared like any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
