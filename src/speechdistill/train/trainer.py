@@ -272,7 +272,10 @@ class Trainer:
             dataset = AudioDataset(data_dir, max_seconds=config.max_seconds, min_seconds=config.min_seconds,
                                    seed=config.seed, fields=item_fields_of(self.task, Path(data_dir)))
             sampler = BucketBatchSampler(dataset.cropped_num_samples.tolist(), batch_samples=budget,
-                                         max_batch_size=config.max_batch_size, num_buckets=config.num_buckets,
+                                         max_batch_size=config.max_batch_size,
+                                         # unshuffled validation: one length-sorted bucket gives
+                                         # full batches with the least padding
+                                         num_buckets=config.num_buckets if training else 1,
                                          shuffle=training, seed=config.seed, num_replicas=env.world_size,
                                          rank=env.rank, even_shards=training)
             workers = config.num_workers
