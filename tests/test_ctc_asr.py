@@ -125,3 +125,21 @@ def test_specaugment_masks_stay_inside_valid_frames_and_are_reproducible():
     assert (a == 0).any()
     augment.eval()
     assert augment(features, lengths) is features
+
+
+def test_cpu_padded_bidirectional_lstm_equals_the_packed_one():
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from speechdistill.downstream.asr import BiLstmCtc, BiLstmCtcConfig
+
+    torch.manual_seed(0)
+    model = BiLstmCtc(12, 7, BiLstmCtcConfig(hidden_size=16, num_layers=2, dropout=0.0, spec_augment=None)).eval()
+    x = torch.randn(4, 23, 12)
+    lengths = torch.tensor([23, 17, 5, 1])
+    with torch.no_grad():
+        ours = model._padded_bidirectional(x, lengths)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        reference, _ = pad_packed_sequence(model.lstm(packed)[0], batch_first=True, total_length=23)
+    valid = torch.arange(23)[None, :] < lengths[:, None]
+    assert torch.allclose(ours[valid], reference[valid], atol=1e-6)

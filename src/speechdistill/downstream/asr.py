@@ -62,11 +62,49 @@ class BiLstmCtc(nn.Module):
         features = self.dropout(features)
         frames = features.shape[1]
         lengths = lengths.clamp(min=1, max=frames)
-        packed = pack_padded_sequence(features, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        hidden, _ = self.lstm(packed)
-        hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=frames)
+        if features.device.type == "cuda":
+            packed = pack_padded_sequence(features, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            hidden, _ = self.lstm(packed)
+            hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=frames)
+        else:
+            hidden = self._padded_bidirectional(features, lengths)
         logits = self.output(self.dropout(hidden))
         return F.log_softmax(logits.float(), dim=-1), lengths
+
+
+    def _padded_bidirectional(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The packed bidirectional LSTM's exact result, computed on padded tensors.
+
+        On CPU the backward pass of a packed LSTM is several times slower than on padded input
+        (it grows with the squared length). The forward direction is causal, so trailing padding
+        cannot reach valid frames; the backward direction runs on each utterance reversed within
+        its own length (padding stays at the end) and is reversed back. Uses the weights of
+        ``self.lstm`` unchanged, so checkpoints are the same either way.
+        """
+        frames = features.shape[1]
+        steps = torch.arange(frames, device=features.device)[None, :]
+        last = (lengths.to(features.device)[:, None] - 1)
+        reverse_index = torch.where(steps <= last, last - steps, steps)  # [B, N], an involution
+
+        def flip(x: torch.Tensor) -> torch.Tensor:
+            return torch.gather(x, 1, reverse_index[:, :, None].expand(-1, -1, x.shape[-1]))
+
+        lstm = self.lstm
+        batch = features.shape[0]
+        zeros = features.new_zeros(1, batch, lstm.hidden_size)
+        x = features
+        for layer in range(lstm.num_layers):
+            outputs = []
+            for suffix, inputs in (("", x), ("_reverse", flip(x))):
+                weights = [getattr(lstm, f"{name}_l{layer}{suffix}")
+                           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                out, _, _ = torch._VF.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0, self.training,
+                                           False, True)
+                outputs.append(out if suffix == "" else flip(out))
+            x = torch.cat(outputs, dim=-1)
+            if layer + 1 < lstm.num_layers and lstm.dropout > 0:
+                x = F.dropout(x, lstm.dropout, self.training)
+        return x
 
 
 def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor,
