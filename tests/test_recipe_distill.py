@@ -1,0 +1,157 @@
+"""End to end: egs/librispeech/distill stages 2-3 for every method preset, from a clean recipe copy.
+
+Stages 0-1 build the tiny embedded mini corpora once; the teachers are random-weight models of
+the real shapes saved in Hugging Face format with transformers (HubertModel Base; WavLMModel
+Base(+) for the WavLM presets), imported once each by stage 2. Every preset then runs stages 2-3
+on CPU with ``--distill_args "--max_steps 20 ..."`` (crops of 0.5 s, batches of 1 s, no
+accumulation) and must leave a student directory that ``speechdistill.load_model`` loads,
+whose size is the published one where the preset's size is fixed (pruned students aside).
+The preset runs are independent single-threaded processes, so they run two at a time (one per
+core of the CI machine), the two-step DPHuBERT chains first.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_distill_common import FIRST_STAGE_PRESETS, REPO  # noqa: E402
+
+from speechdistill import load_model  # noqa: E402
+from speechdistill.models.checkpoints import load_heads  # noqa: E402
+from speechdistill.models.students import load_preset  # noqa: E402
+
+WAVLM_PRESETS = {"armwavlm_s", "rd_dpwavlm"}
+TINY_ARGS = ("--max_steps 20 --batch_seconds 1.0 --max_seconds 0.5 --min_seconds 0.3 --accum_steps 1 "
+             "--precision fp32 --teacher_precision fp32 --num_workers 0 --threads 1 --valid_at_start false "
+             "--valid_every 0 --log_every 10 --checkpoint_every 20")
+
+
+def _run(recipe: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SPEECHDISTILL_ROOT=str(REPO), OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
+        env.pop(name, None)
+    return subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout[-4000:] + result.stderr[-4000:]
+
+
+@pytest.fixture(scope="session")
+def recipe(tmp_path_factory):
+    """A copy of the recipe (outside the working tree) with stages 0-1 done on the tiny mini corpora."""
+    root = tmp_path_factory.mktemp("recipe")
+    target = root / "egs" / "librispeech" / "distill"
+    shutil.copytree(REPO / "egs" / "librispeech" / "distill", target, symlinks=True,
+                    ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
+    (root / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
+    result = _run(target, "--stage", "0", "--stop_stage", "1", "--mini_size", "tiny")
+    assert result.returncode == 0, _output(result)
+    return target
+
+
+@pytest.fixture(scope="session")
+def hf_teachers(tmp_path_factory):
+    """Random-weight HuBERT Base and WavLM Base(+) shaped teachers, saved by transformers."""
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("hf-teachers")
+    torch.manual_seed(0)
+    transformers.HubertModel(transformers.HubertConfig()).save_pretrained(root / "hubert_base")
+    transformers.WavLMModel(transformers.WavLMConfig()).save_pretrained(root / "wavlm_base_plus")
+    return {"hubert": root / "hubert_base", "wavlm": root / "wavlm_base_plus"}
+
+
+def _teacher_args(name: str, hf_teachers) -> list:
+    kind = "wavlm" if name in WAVLM_PRESETS else "hubert"
+    return ["--teacher", str(hf_teachers[kind]), "--teacher_dir", f"exp/teacher_{kind}"]
+
+
+def _stages_2_3(recipe: Path, name: str, hf_teachers) -> subprocess.CompletedProcess:
+    return _run(recipe, "--stage", "2", "--stop_stage", "3", "--ngpu", "0", *_teacher_args(name, hf_teachers),
+                "--distill_config", f"conf/{name}.yaml", "--distill_args", TINY_ARGS)
+
+
+@pytest.fixture(scope="session")
+def preset_runs(recipe, hf_teachers):
+    """Stages 2-3 of every preset. Stage 2 imports each teacher once first; the stage-3 runs (whose
+    stage 2 then finds its marker) go two at a time, longest first."""
+    first = ["distilhubert", "armwavlm_s"]  # one preset per teacher: these two runs import them
+    rest = sorted(set(FIRST_STAGE_PRESETS) - set(first), key=lambda n: (n not in ("dphubert", "rd_dpwavlm"), n))
+    results = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for names in (first, rest):
+            results.update(zip(names, pool.map(lambda n: _stages_2_3(recipe, n, hf_teachers), names)))
+    return results
+
+
+def test_stage2_without_a_teacher_says_what_to_pass(recipe):
+    result = _run(recipe, "--stage", "2", "--stop_stage", "2", "--teacher_dir", "exp/teacher_none")
+    assert result.returncode == 1
+    assert "stage 2 needs a teacher: pass --teacher PATH" in result.stdout
+
+
+@pytest.mark.parametrize("name", FIRST_STAGE_PRESETS)
+def test_stages_2_3_produce_a_loadable_student(name, recipe, preset_runs):
+    result = preset_runs[name]
+    assert result.returncode == 0, _output(result)
+    exp = recipe / "exp" / f"distill_{name}"
+    assert "student=" in (exp / ".stage3.done").read_text()
+    student = load_model(exp / "student")
+    wavs = 0.1 * torch.randn(2, 8000)
+    hidden = student(wavs, torch.tensor([8000, 6000])).hidden_states
+    assert len(hidden) == student.config.num_layers + 1 and all(torch.isfinite(h).all() for h in hidden)
+
+    config = yaml.safe_load((recipe / "conf" / f"{name}.yaml").read_text())
+    if config.get("next_stage"):  # DPHuBERT chain: the pruned student was distilled once more
+        assert (exp / "step1" / "student" / "model.safetensors").is_file()
+        assert "--student_from exp/distill_" in (exp / "log" / "distill_train.log").read_text()
+        teacher = load_model(recipe / "exp" / ("teacher_wavlm" if name in WAVLM_PRESETS else "teacher_hubert"))
+        assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+        assert not (student.config.prune_ffn or student.config.prune_heads or student.config.prune_conv)
+    else:
+        preset = load_preset(config["student"])
+        heads = load_heads(exp / "student")
+        size = sum(p.numel() for p in student.parameters())
+        if preset.params_include_heads:
+            size += sum(p.numel() for p in heads.parameters())
+        assert size == preset.published_params
+    records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if "loss" in r]
+    assert trained[-1]["step"] == 20
+    assert trained[-1]["audio_sec_per_sec"] > 0
+    summary = json.loads((exp / "distill_summary.json").read_text())
+    assert summary["teacher_forward_audio_sec_per_sec"] > 0
+    validated = [r for r in records if "valid/num_utts" in r]
+    assert validated and any(k.startswith(("valid/cos/layer", "valid/gram_cos/layer")) for k in validated[-1])
+
+
+def test_rerun_of_a_finished_stage_3_changes_nothing(recipe, hf_teachers, preset_runs):
+    name = "distilhubert"
+    exp = recipe / "exp" / f"distill_{name}"
+    before = {str(p): p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()}
+    again = _stages_2_3(recipe, name, hf_teachers)
+    assert again.returncode == 0, _output(again)
+    assert "already holds" in again.stdout and "already distilled with these settings; kept" in again.stdout
+    assert {str(p): p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()} == before
+
+
+def test_two_processes_through_torchrun(recipe, hf_teachers, preset_runs):
+    """--ngpu 2 on one node starts torchrun; on this CPU machine the two ranks train on gloo."""
+    name = "distilhubert"
+    result = _run(recipe, "--stage", "2", "--stop_stage", "3", "--ngpu", "2", *_teacher_args(name, hf_teachers),
+                  "--distill_config", f"conf/{name}.yaml", "--distill_exp", "exp/distill_torchrun",
+                  "--distill_args", TINY_ARGS.replace("--max_steps 20", "--max_steps 2") + " --device cpu")
+    assert result.returncode == 0, _output(result)
+    log = (recipe / "exp" / "distill_torchrun" / "train.log").read_text()
+    assert "launcher torchrun: rank 0 of 2" in log
+    assert load_model(recipe / "exp" / "distill_torchrun" / "student") is not None
