@@ -2,6 +2,9 @@
 # VoxCeleb speaker-verification recipe (OS-KDFT: one-step distillation and fine-tuning).
 #
 #   ./run.sh --stage 0 --stop_stage 1        # data and trials, then noise and RIR dirs
+#   ./run.sh --stage 2 --stop_stage 5 --teacher /path/to/hubert-base-ls960 --sv_config conf/oskdft_paper.yaml
+#                                            # teacher import, training, embeddings, scoring -> RESULTS.md
+#                                            # (README: "Speaker verification: stages 2-5")
 #
 # Corpora come from db.sh; empty VOXCELEB1 and VOXCELEB2 select the embedded mini VoxCeleb
 # (synthesized speakers, built under ${mini_dir}). See README.md for the data dirs.
@@ -15,6 +18,23 @@ eval_sets="vox1_O vox1_E vox1_H"  # real evaluation sets (cleaned trial lists), 
 mini_dir=downloads/mini           # where mini corpora are synthesized when db.sh leaves a corpus empty
 mini_size=default                 # default (about 30 min of training speech) or tiny (seconds; tests)
 seed=0                            # seed of the mini corpora
+# stages 2-5: teacher, speaker-verification training, embeddings, scoring
+teacher=                          # stage 2: teacher checkpoint: Hugging Face dir, fairseq .pt, s3prl checkpoint or our model dir
+teacher_dir=exp/teacher           # stage 2 writes the imported teacher here (our model dir); stage 3 reads it
+sv_config=                        # stage 3: conf/<preset>.yaml (default: conf/oskdft_paper_mini.yaml on the mini
+                                  # corpus, conf/oskdft_paper.yaml on VoxCeleb)
+sv_exp=                           # stages 3-5 experiment dir (default: exp/sv_<config name>)
+sv_args=                          # extra sv_train options, e.g. "--max_steps 30 --batch_seconds 8"
+ngpu=1                            # GPUs per node; 0 trains on CPU; >1 starts one process per GPU (torchrun)
+num_nodes=1                       # >1: one srun task per GPU on every node (needs cmd_backend=slurm)
+cpus_per_gpu=4                    # CPUs given to each training process under Slurm
+tta_segments=0                    # stage 4: test-time augmentation segments per utterance (OS-KDFT: 5); 0 = off
+segment_seconds=3                 # stage 4: length of a TTA segment in seconds
+extract_args=                     # stage 4: extra sv_extract options, e.g. "--batch-seconds 60"
+subtract_mean=false               # stage 5: subtract the training set's mean embedding before the cosine
+score_norm=none                   # stage 5: none, asnorm or snorm (cohort: per-speaker means of data/train)
+top_n=300                         # stage 5: cohort size kept by asnorm
+redo=false                        # true: redo stages 2-4 even where their markers say they are done
 
 . ./path.sh
 . ./cmd.sh
@@ -31,6 +51,185 @@ fi
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     log "stage 1: noise and RIR dirs -> data/musan_{noise,music,speech}, data/rirs (marker: data/.stage1.done)"
     local/noise_data.sh --nj "${nj}" --mini_dir "${mini_dir}" --mini_size "${mini_size}" --seed "${seed}"
+fi
+
+# resolve_sv: the speaker-verification config and experiment dir of stages 2-5 (after stage 0 ran)
+resolve_sv() {
+    if [ -z "${sv_config}" ]; then
+        if [ -f data/.stage0.done ] && [ "$(. data/.stage0.done && echo "${corpus}")" = mini ]; then
+            sv_config=conf/oskdft_paper_mini.yaml
+        else
+            sv_config=conf/oskdft_paper.yaml
+        fi
+        log "using --sv_config ${sv_config}"
+    fi
+    [ -f "${sv_config}" ] || { log "error: --sv_config ${sv_config} does not exist; see conf/*.yaml"; exit 1; }
+    sv_exp=${sv_exp:-exp/sv_$(basename "${sv_config}" .yaml)}
+    # shellcheck disable=SC2086  # sv_args is split into words, as ESPnet's --asr_args
+    sv_system=$(python -m speechdistill.bin.sv_train --config "${sv_config}" ${sv_args} --print-key system)
+}
+
+# record_time <stage> <start, seconds since the epoch> <what>: keep the stage's run time for RESULTS.md
+record_time() {
+    local file=${sv_exp}/stage_times.txt
+    mkdir -p "${sv_exp}"
+    { grep -v "^$1 " "${file}" 2> /dev/null || true; echo "$1 $(($(date +%s) - $2)) $3"; } | sort -n > "${file}.tmp"
+    mv "${file}.tmp" "${file}"
+}
+
+if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+    resolve_sv
+    log "stage 2: teacher -> ${teacher_dir} (marker: ${teacher_dir}/.stage2.done)"
+    if [ -z "${teacher}" ]; then
+        if [ -f "${teacher_dir}/.stage2.done" ] && [ "${redo}" = false ]; then
+            log "no --teacher given; keeping the teacher imported earlier: $(grep '^teacher=' "${teacher_dir}/.stage2.done")"
+        elif [ "${sv_system}" = fbank ]; then
+            log "no --teacher given; ${sv_config} trains the fbank baseline, which needs none"
+        else
+            log "error: stage 2 needs a teacher for ${sv_config} (system ${sv_system}): pass --teacher PATH, a" \
+                "Hugging Face model dir (e.g. a clone of facebook/hubert-base-ls960 or microsoft/wavlm-base-plus)," \
+                "a fairseq .pt, an s3prl checkpoint or a speechdistill model dir"
+            exit 1
+        fi
+    else
+        teacher_src=$(cd "$(dirname "${teacher}")" && pwd -P)/$(basename "${teacher}")
+        if [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ] \
+            && grep -qxF "teacher=${teacher_src}" "${teacher_dir}/.stage2.done"; then
+            log "${teacher_dir} already holds ${teacher_src}; kept"
+        else
+            # import_teacher checks the checkpoint (format, architecture, every weight's name and shape)
+            ${train_cmd} exp/log/import_teacher.log \
+                python -m speechdistill.bin.import_teacher --src "${teacher_src}" --out "${teacher_dir}" --force
+            grep -E '"(format|architecture|shape|params)"' exp/log/import_teacher.log | sed 's/^ */    /' || true
+            echo "teacher=${teacher_src}" > "${teacher_dir}/.stage2.done"
+        fi
+    fi
+fi
+
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    resolve_sv
+    log "stage 3: ${sv_system} training with ${sv_config} -> ${sv_exp}/sv_model (marker: ${sv_exp}/.stage3.done)"
+    [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
+    train_set=$(. data/.stage0.done && echo "${train_set}")
+    teacher_opts=()
+    teacher_used=none
+    if [ "${sv_system}" != fbank ]; then
+        [ -f "${teacher_dir}/.stage2.done" ] || { log "error: ${sv_config} needs a teacher and ${teacher_dir} has none;" \
+            "run stage 2 with --teacher PATH"; exit 1; }
+        teacher_opts=(--teacher "${teacher_dir}")
+        teacher_used=$(grep '^teacher=' "${teacher_dir}/.stage2.done")
+    fi
+    settings="config=${sv_config} $(md5sum < "${sv_config}" | cut -d' ' -f1) args=${sv_args} ${teacher_used} data=data/${train_set}"
+    if [ "${redo}" = false ] && [ -f "${sv_exp}/.stage3.done" ] && [ -f "${sv_exp}/sv_model/sv_model.yaml" ] \
+        && [ "$(cat "${sv_exp}/.stage3.done")" = "${settings}" ]; then
+        log "${sv_exp}/sv_model already trained with these settings; kept (--redo true to train again)"
+    elif [ "${redo}" = false ] && [ -f "${sv_exp}/.stage3.done" ]; then
+        log "error: ${sv_exp} holds a run with other settings ($(cat "${sv_exp}/.stage3.done")); pass --redo true to" \
+            "train again from scratch, or --sv_exp DIR for a new experiment"
+        exit 1
+    else
+        [ "${redo}" = true ] && rm -rf "${sv_exp}"
+        started=$(date +%s)
+        device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
+        train=(-m speechdistill.bin.sv_train --config "${sv_config}" --train-data "data/${train_set}"
+               "${teacher_opts[@]}" --output-dir "${sv_exp}" --device "${device}")
+        log "  console: ${sv_exp}/log/sv_train.log; a rerun resumes from ${sv_exp}/checkpoints"
+        # shellcheck disable=SC2086  # sv_args is split into words
+        if [ "${num_nodes}" -gt 1 ]; then
+            [[ "${cuda_cmd}" == *slurm.pl* ]] || { log "error: --num_nodes ${num_nodes} needs Slurm (cmd_backend=slurm)"; exit 1; }
+            ${cuda_cmd} --gpu "${ngpu}" --num_threads $((ngpu * cpus_per_gpu)) --num_nodes "${num_nodes}" \
+                "${sv_exp}/log/sv_train.log" srun --export=ALL --ntasks-per-node="${ngpu}" \
+                --cpus-per-task="${cpus_per_gpu}" python "${train[@]}" ${sv_args}
+        elif [ "${ngpu}" -gt 1 ]; then
+            ${cuda_cmd} --gpu "${ngpu}" "${sv_exp}/log/sv_train.log" \
+                torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${sv_args}
+        else
+            ${cuda_cmd} --gpu "${ngpu}" "${sv_exp}/log/sv_train.log" python "${train[@]}" ${sv_args}
+        fi
+        echo "${settings}" > "${sv_exp}/.stage3.done"
+        record_time 3 "${started}" "training"
+        log "stage 3 done: ${sv_exp}/sv_model ($(grep -o 'exported the speaker model.*' "${sv_exp}/train.log" | tail -n 1))"
+    fi
+fi
+
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+    resolve_sv
+    log "stage 4: embeddings -> ${sv_exp}/embeddings/<set>/xvector.{ark,scp}"
+    [ -f "${sv_exp}/sv_model/sv_model.yaml" ] || { log "error: no ${sv_exp}/sv_model; run stage 3 first"; exit 1; }
+    train_set=$(. data/.stage0.done && echo "${train_set}")
+    test_sets=$(. data/.stage0.done && echo "${test_sets}")
+    sets=${test_sets}
+    if [ "${subtract_mean}" = true ] || [ "${score_norm}" != none ]; then
+        sets="${train_set} ${sets}"  # the training set gives the mean embedding and the score-norm cohort
+    fi
+    started=$(date +%s)
+    computed=false
+    gpu=$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)
+    device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
+    for set in ${sets}; do
+        tta=$([ "${set}" = "${train_set}" ] && echo 0 || echo "${tta_segments}")
+        # shellcheck disable=SC2086  # extract_args is split into words
+        ${cuda_cmd} --gpu "${gpu}" "${sv_exp}/log/extract_${set}.log" \
+            python -m speechdistill.bin.sv_extract --model-dir "${sv_exp}/sv_model" --data "data/${set}" \
+            --output-dir "${sv_exp}/embeddings/${set}" --tta-segments "${tta}" --segment-seconds "${segment_seconds}" \
+            --device "${device}" $([ "${redo}" = true ] && echo --force) ${extract_args}
+        grep '^sv_extract:' "${sv_exp}/log/extract_${set}.log" | sed 's/^/    /' || true
+        grep -q 'is up to date' "${sv_exp}/log/extract_${set}.log" || computed=true
+    done
+    if [ "${computed}" = true ]; then
+        record_time 4 "${started}" "embeddings"
+    fi
+fi
+
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    resolve_sv
+    log "stage 5: scoring -> ${sv_exp}/scores, ${sv_exp}/RESULTS.md"
+    train_set=$(. data/.stage0.done && echo "${train_set}")
+    test_sets=$(. data/.stage0.done && echo "${test_sets}")
+    started=$(date +%s)
+    mkdir -p "${sv_exp}/scores"
+    train_embeddings=${sv_exp}/embeddings/${train_set}/xvector.scp
+    mean_opts=()
+    if [ "${subtract_mean}" = true ]; then
+        mean_opts=(--train-embeddings "${train_embeddings}" --subtract-mean)
+    fi
+    lists=()
+    for set in ${test_sets}; do
+        trials=data/${set}/trials
+        score=${sv_exp}/scores/${set}.score
+        norm_opts=()
+        if [ "${score_norm}" != none ]; then
+            norm_opts=(--train-embeddings "${train_embeddings}" --train-utt2spk "data/${train_set}/utt2spk"
+                       --score-norm "${score_norm}" --top-n "${top_n}"
+                       --norm-output "${sv_exp}/scores/${set}_${score_norm}.score")
+        fi
+        python -m speechdistill.bin.score_trials --trials "${trials}" --embeddings "${sv_exp}/embeddings/${set}/xvector.scp" \
+            --output "${score}" "${mean_opts[@]}" "${norm_opts[@]}" 2> "${sv_exp}/log/score_${set}.log" \
+            || { cat "${sv_exp}/log/score_${set}.log" >&2; exit 1; }
+        python -m speechdistill.bin.compute_eer --scores "${score}" --trials "${trials}" | tee "${sv_exp}/scores/${set}.eer"
+        lists+=(--list "${set}" "${score}" "${trials}")
+        if [ "${score_norm}" != none ]; then
+            python -m speechdistill.bin.compute_eer --scores "${sv_exp}/scores/${set}_${score_norm}.score" \
+                --trials "${trials}" | tee "${sv_exp}/scores/${set}_${score_norm}.eer"
+            lists+=(--list "${set}_${score_norm}" "${sv_exp}/scores/${set}_${score_norm}.score" "${trials}")
+        fi
+    done
+    record_time 5 "${started}" "scoring"
+    embedding_note="embeddings: full utterance"
+    if [ "${tta_segments}" -gt 0 ]; then
+        embedding_note+=", TTA ${tta_segments} x ${segment_seconds} s segments"
+    fi
+    scoring_note="scoring: cosine"
+    if [ "${subtract_mean}" = true ]; then
+        scoring_note+=", training mean subtracted"
+    fi
+    if [ "${score_norm}" != none ]; then
+        scoring_note+="; rows *_${score_norm}: ${score_norm} (top ${top_n}) against data/${train_set}"
+    fi
+    python -m speechdistill.bin.sv_results --output "${sv_exp}/RESULTS.md" --det-dir "${sv_exp}/scores" \
+        --model-dir "${sv_exp}/sv_model" --stage-times "${sv_exp}/stage_times.txt" "${lists[@]}" \
+        --note "config: ${sv_config}${sv_args:+ with ${sv_args}}" --note "${embedding_note}" --note "${scoring_note}"
+    log "stage 5 done: ${sv_exp}/RESULTS.md"
 fi
 
 log "done (stages ${stage}-${stop_stage})"

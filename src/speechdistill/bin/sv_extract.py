@@ -1,0 +1,78 @@
+"""Speaker embeddings of a data dir with a trained speaker model, to kaldiio xvector.ark/scp.
+
+    python -m speechdistill.bin.sv_extract --model-dir exp/sv_oskdft_paper/sv_model --data data/test \\
+        --output-dir exp/sv_oskdft_paper/embeddings/test [--tta-segments 5 --segment-seconds 3]
+
+Each utterance is embedded whole; with --tta-segments S each entry is a [1+S, E] matrix (row 0 the
+full utterance, then S equally spaced segments), which score_trials scores as the mean of the
+full-utterance cosine and the mean segment-pair cosine. A rerun with the same model, data and
+options does nothing (--force recomputes). Progress goes to stderr, a log to OUTPUT_DIR/extract.log.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from speechdistill.sv.extract import ExtractOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m speechdistill.bin.sv_extract", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", "--model_dir", dest="model_dir", required=True,
+                        help="speaker model directory written by sv_train (<exp>/sv_model)")
+    parser.add_argument("--data", required=True, help="Kaldi data dir (wav.scp, utt2num_samples[, segments])")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True,
+                        help="where xvector.ark, xvector.scp, extract.log and skipped_utts.txt go")
+    parser.add_argument("--tta-segments", "--tta_segments", dest="tta_segments", type=int, default=0,
+                        help="segments per utterance for test-time augmentation (OS-KDFT: 5); 0 = off (default)")
+    parser.add_argument("--segment-seconds", "--segment_seconds", dest="segment_seconds", type=float, default=3.0,
+                        help="length of a TTA segment in seconds (default 3)")
+    parser.add_argument("--batch-seconds", "--batch_seconds", dest="batch_seconds", type=float, default=120.0,
+                        help="padded audio per batch in seconds (default 120)")
+    parser.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=1,
+                        help="audio loading processes (default 1; 0 = in this process)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                        help="autocast precision (default fp32; auto: bf16 where the hardware has it)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    parser.add_argument("--force", action="store_true", help="recompute even when the outputs are up to date")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from speechdistill.sv.extract import extract_embeddings
+    from speechdistill.sv.model import load_sv_model
+    from speechdistill.train.precision import autocast_dtype, resolve_device, resolve_precision
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        options = ExtractOptions(batch_seconds=args.batch_seconds, tta_segments=args.tta_segments,
+                                 segment_seconds=args.segment_seconds, num_workers=args.num_workers)
+        options.validate()
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)
+        embedder = load_sv_model(args.model_dir)
+        result = extract_embeddings(embedder, args.model_dir, args.data, args.output_dir, options=options,
+                                    device=device, autocast_dtype=autocast_dtype(precision), force=args.force)
+    except (ValueError, OSError) as exc:
+        print(f"sv_extract: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    if result.already_done:
+        print(f"sv_extract: {result.scp} is up to date ({result.num_utts} embeddings); nothing to do "
+              "(--force recomputes)", file=sys.stderr)
+        return 0
+    print(f"sv_extract: wrote {result.num_utts} embeddings to {result.scp} in {result.seconds:.1f} s "
+          f"({result.audio_seconds / max(result.seconds, 1e-9):.1f} audio-s/s, {precision})"
+          + (f"; {len(result.skipped)} utterance(s) skipped, listed in {result.scp.parent / 'skipped_utts.txt'}"
+             if result.skipped else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

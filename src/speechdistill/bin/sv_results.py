@@ -1,0 +1,59 @@
+"""Collect the EER and minDCF of every scored trial list of an experiment into RESULTS.md.
+
+    python -m speechdistill.bin.sv_results --output exp/sv_oskdft_paper/RESULTS.md \\
+        --list vox1_O exp/sv_oskdft_paper/scores/vox1_O.score data/test/trials \\
+        [--list NAME SCORES TRIALS ...] [--model-dir exp/sv_oskdft_paper/sv_model] \\
+        [--stage-times exp/sv_oskdft_paper/stage_times.txt] [--note "scoring: cosine"]
+
+For each list: EER (%) and minDCF at p_target 0.01 and 0.05 (C_miss = C_fa = 1), the same numbers
+compute_eer prints, and a DET curve PNG (--det-dir, default det/ beside RESULTS.md). Every trial
+must have a score; a missing one is an error naming the pair. The table is printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m speechdistill.bin.sv_results", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="RESULTS.md to write")
+    parser.add_argument("--list", dest="lists", nargs=3, action="append", required=True,
+                        metavar=("NAME", "SCORES", "TRIALS"), help="a trial list: its name, score file and trials")
+    parser.add_argument("--title", default=None, help="heading (default: the output's directory name)")
+    parser.add_argument("--det-dir", "--det_dir", dest="det_dir", default=None,
+                        help="where the DET PNGs go (default: det/ next to the output)")
+    parser.add_argument("--model-dir", "--model_dir", dest="model_dir", default=None,
+                        help="speaker model directory, to describe the system")
+    parser.add_argument("--stage-times", "--stage_times", dest="stage_times", default=None,
+                        help="file of '<stage> <seconds> [what]' lines written by the recipe")
+    parser.add_argument("--note", dest="notes", action="append", default=[], help="a line to add (repeatable)")
+    parser.add_argument("--p-target", "--p_target", dest="p_target", type=float, nargs="+", default=[0.01, 0.05],
+                        help="target priors of the minDCF columns (default: 0.01 0.05)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from speechdistill.metrics.verification import sv_results_table
+    from speechdistill.sv.results import ScoredList, write_results
+
+    output = Path(args.output)
+    try:
+        rows = write_results([ScoredList(name, Path(scores), Path(trials)) for name, scores, trials in args.lists],
+                             output, title=args.title or f"Speaker verification: {output.parent.resolve().name}",
+                             det_dir=args.det_dir, model_dir=args.model_dir, notes=args.notes,
+                             stage_times=args.stage_times, p_targets=args.p_target)
+    except (ValueError, OSError) as exc:
+        print(f"sv_results: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(sv_results_table(rows), end="")
+    print(f"sv_results: wrote {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

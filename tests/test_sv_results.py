@@ -1,0 +1,93 @@
+"""RESULTS.md collector: EER/minDCF per trial list equal an independent computation (scikit-learn's ROC),
+a DET PNG per list, stage times, and errors for unscored trials."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_curve
+
+from test_sv_fixtures import REPO
+
+from speechdistill.sv.results import ScoredList, write_results
+
+
+def sklearn_eer(labels, scores):
+    """EER where the ROC (FPR, FNR) crosses FNR = FPR, by linear interpolation between ROC points."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fnr = 1 - tpr
+    after = int(np.flatnonzero(fnr - fpr <= 0)[0])
+    before = after - 1
+    # the segment from (fpr[before], fnr[before]) to (fpr[after], fnr[after]) meets fnr = fpr at t
+    d0, d1 = fnr[before] - fpr[before], fnr[after] - fpr[after]
+    t = d0 / (d0 - d1)
+    return fpr[before] + t * (fpr[after] - fpr[before])
+
+
+def brute_min_dcf(labels, scores, p_target):
+    labels = np.asarray(labels, dtype=bool)
+    best = np.inf
+    for threshold in np.concatenate([[-np.inf], np.unique(scores)]):
+        accept = scores > threshold
+        p_miss = np.mean(~accept[labels])
+        p_fa = np.mean(accept[~labels])
+        best = min(best, p_target * p_miss + (1 - p_target) * p_fa)
+    return best / min(p_target, 1 - p_target)
+
+
+def write_lists(directory, name, labels, scores):
+    trials = directory / f"{name}.trials"
+    score_file = directory / f"{name}.score"
+    keys = [(f"e{i:03d}", f"t{i:03d}") for i in range(len(labels))]
+    trials.write_text("".join(f"{e} {t} {'target' if y else 'nontarget'}\n" for (e, t), y in zip(keys, labels)))
+    score_file.write_text("".join(f"{e} {t} {s:.6f}\n" for (e, t), s in zip(keys, scores)))
+    return ScoredList(name, score_file, trials), np.round(np.asarray(scores), 6)
+
+
+def test_numbers_match_an_independent_computation(tmp_path):
+    rng = np.random.default_rng(0)
+    labels_a = rng.random(400) < 0.3
+    scores_a = rng.normal(size=400) + 1.2 * labels_a
+    labels_b = np.array([1, 1, 0, 0, 1, 0, 0, 0], dtype=bool)
+    scores_b = np.array([0.5, 0.2, 0.2, 0.1, 0.2, 0.5, -0.3, 0.1])  # ties across classes
+    labels_c = np.array([1, 1, 0, 0, 0], dtype=bool)
+    scores_c = np.array([0.9, 0.8, 0.1, 0.2, 0.3])  # perfectly separable
+    lists = []
+    expected = {}
+    for name, labels, scores in (("random", labels_a, scores_a), ("ties", labels_b, scores_b),
+                                 ("separable", labels_c, scores_c)):
+        item, rounded = write_lists(tmp_path, name, labels, scores)
+        lists.append(item)
+        expected[name] = (sklearn_eer(labels, rounded), brute_min_dcf(labels, rounded, 0.01),
+                          brute_min_dcf(labels, rounded, 0.05))
+    (tmp_path / "times.txt").write_text("3 41.5 training\n4 3.2 embeddings\n")
+    rows = dict(write_results(lists, tmp_path / "RESULTS.md", title="unit", stage_times=tmp_path / "times.txt"))
+    for name, (eer, dcf01, dcf05) in expected.items():
+        assert rows[name].eer == pytest.approx(eer, abs=1e-9)
+        assert rows[name].min_dcf[0.01] == pytest.approx(dcf01, abs=1e-9)
+        assert rows[name].min_dcf[0.05] == pytest.approx(dcf05, abs=1e-9)
+    assert rows["separable"].eer == 0.0 and rows["separable"].min_dcf[0.01] == 0.0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert f"|random|{labels_a.sum()}|{(~labels_a).sum()}|{100 * expected['random'][0]:.3f}|" in text
+    assert "|ties|3|5|" in text
+    assert "![separable](det/separable_det.png)" in text
+    assert "|3 (training)|41.5|" in text
+    for name in expected:
+        png = tmp_path / "det" / f"{name}_det.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_entry_point_refuses_an_unscored_trial_and_prints_the_table(tmp_path):
+    item, _ = write_lists(tmp_path, "a", [1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3])
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "speechdistill.bin.sv_results", "--output", str(tmp_path / "R.md"),
+               "--list", "a", str(item.scores), str(item.trials), "--note", "scoring: cosine"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "|a|2|2|0.000|0.000|0.000|" in done.stdout
+    assert "- scoring: cosine" in (tmp_path / "R.md").read_text()
+    lines = item.scores.read_text().splitlines()
+    item.scores.write_text("\n".join(lines[:-1]) + "\n")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert "trial 'e003 t003' has no score" in done.stderr and "Traceback" not in done.stderr
