@@ -1,0 +1,635 @@
+"""Building blocks of the encoder. Each class does one job; the Encoder assembles them.
+
+Layout: activations are time-major, ``[batch, frame, channel]``, from the first convolution on.
+For CPU inference the CNN computes its convolutions as batched matrix products over windows of
+that layout (a window of k frames is one contiguous run of memory, read in place by BLAS): a
+few large GEMMs per layer, as fast as oneDNN's ``conv1d`` or a little faster, and no transpose
+before the transformer. The GroupNorm after the first convolution is folded into its weights,
+which saves a pass over the largest activation of the model. Training and GPUs use ``conv1d``
+on channels-first views of the same tensors.
+
+Numerics follow fairseq / transformers (GELU with erf, LayerNorm eps 1e-5 in the CNN, GroupNorm
+statistics in float32) so that imported teachers reproduce their reference outputs. Under
+``torch.autocast`` matrix products run in the autocast dtype while normalisation statistics
+stay in float32.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hardconcrete import HardConcreteGate
+
+CONV_NORM_EPS = 1e-5
+# Largest conv window (k * C_in) whose GroupNorm statistics are derived from window moments.
+FOLDED_NORM_MAX_WINDOW = 64
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products produce here: the autocast dtype when autocast is on."""
+    device_type = tensor.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return tensor.dtype
+
+
+def linear(in_features: int, out_features: int) -> nn.Linear:
+    """nn.Linear that may have zero units (every head or FFN unit pruned away) without a warning."""
+    if in_features and out_features:
+        return nn.Linear(in_features, out_features)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return nn.Linear(in_features, out_features)
+
+
+def conv_output_length(length: Union[int, torch.Tensor], kernel: int, stride: int):
+    """Frames out of an unpadded convolution: floor((L - k) / s) + 1 (may be <= 0)."""
+    if isinstance(length, torch.Tensor):
+        return torch.div(length - kernel, stride, rounding_mode="floor") + 1
+    return (length - kernel) // stride + 1
+
+
+def masked_layer_norm(x: torch.Tensor, active: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+    """LayerNorm over the last dimension using only the ``active`` channels.
+
+    A gated (pruned-to-be) channel must not exist for the statistics, otherwise the pruned
+    model would normalise over a different set of channels than the gated one. Inactive
+    channels come out as 0.
+
+    Args:
+        x: [..., C]; active: [C] bool; weight, bias: [C].
+    """
+    dtype = x.dtype
+    keep = active.to(torch.float32)
+    count = keep.sum().clamp_min(1.0)
+    xf = x.float() * keep
+    mean = xf.sum(-1, keepdim=True) / count
+    centered = (xf - mean) * keep
+    var = centered.pow(2).sum(-1, keepdim=True) / count
+    out = centered * torch.rsqrt(var + eps) * weight.float() + bias.float()
+    return (out * keep).to(dtype)
+
+
+def _time_major_group_norm(x: torch.Tensor, lengths: Optional[List[int]], weight: torch.Tensor,
+                           bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-channel normalisation over time (GroupNorm with one channel per group), statistics in
+    float32 over each row's first ``lengths[b]`` frames (all frames when lengths is None).
+
+    Args:
+        x: [B, T, C] time-major. Returns [B, T, C] in x's dtype.
+    """
+    rows = [x] if lengths is None else [x[b:b + 1, :n] for b, n in enumerate(lengths)]
+    stats = [torch.var_mean(row.float(), dim=1, correction=0, keepdim=True) for row in rows]
+    var = torch.cat([v for v, _ in stats], 0)
+    mean = torch.cat([m for _, m in stats], 0)
+    scale = weight.float() * torch.rsqrt(var + eps)  # [B, 1, C]
+    shift = bias.float() - mean * scale
+    return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+
+
+class ConvBlock(nn.Module):
+    """One CNN layer: convolution, optional norm (GroupNorm per channel or LayerNorm), GELU,
+    optional hard-concrete channel gate (applied after GELU).
+
+    A GroupNorm directly after the first convolution is folded into it: the statistics of a
+    convolution over time follow from the mean and covariance of its input windows, so the
+    block computes ``(conv(x) - mean) * gain / std + bias`` as one product with per-utterance
+    weights, with statistics over valid samples only and no pass over the (large) conv output.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool,
+                 norm: Optional[str], prunable: bool = False) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.stride = stride
+        # nn.Conv1d holds the weight in the checkpoint layout [C_out, C_in, k] and its init.
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
+        nn.init.kaiming_normal_(self.conv.weight)
+        if norm == "group":
+            self.norm: Optional[nn.Module] = nn.GroupNorm(out_channels, out_channels, eps=CONV_NORM_EPS)
+        elif norm == "layer":
+            self.norm = nn.LayerNorm(out_channels, eps=CONV_NORM_EPS)
+        elif norm is None:
+            self.norm = None
+        else:
+            raise ValueError(f"conv norm '{norm}' is unknown; use 'group', 'layer' or None")
+        self.gate = HardConcreteGate(out_channels, init_drop_prob=0.01) if prunable else None
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    @property
+    def folds_group_norm(self) -> bool:
+        return isinstance(self.norm, nn.GroupNorm) and self.in_channels * self.kernel <= FOLDED_NORM_MAX_WINDOW
+
+    def flat_weight(self) -> torch.Tensor:
+        """Weight as [C_out, k * C_in] in (tap, channel) order, the order of a time-major window."""
+        weight = self.conv.weight
+        return weight.permute(0, 2, 1).reshape(weight.shape[0], -1)
+
+    def product_weights(self, x: torch.Tensor, lengths: Optional[List[int]]
+                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(weight, bias) of the block's product: shared [C_out, K] / [C_out], or per row
+        [B, C_out, K] / [B, C_out] when a GroupNorm is folded in (statistics from ``x`` [B, T, C_in])."""
+        if self.folds_group_norm:
+            return self._folded_group_norm(x, lengths)
+        return self.flat_weight(), self.conv.bias
+
+    def _folded_group_norm(self, x: torch.Tensor, lengths: Optional[List[int]]
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-row weights [B, C_out, K] and biases [B, C_out] computing conv + GroupNorm in one product:
+        mean = W m + b and var = diag(W S W^T) from the window mean m and covariance S, in float64
+        over each row's valid frames (the conv bias cancels)."""
+        batch, frames, channels = x.shape
+        k, s = self.kernel, self.stride
+        out_frames = conv_output_length(frames, k, s)
+        weight = self.flat_weight()
+        weight64 = weight.double()
+        xs = x.float().contiguous()
+        windows = xs.as_strided((batch, out_frames, k * channels), (frames * channels, s * channels, 1))
+        gamma, beta, eps = self.norm.weight, self.norm.bias, self.norm.eps
+        row_weights, row_biases = [], []
+        for b in range(batch):
+            n = out_frames if lengths is None else lengths[b]
+            win = windows[b, :n].double()
+            mean = win.mean(0)
+            centered = win - mean
+            cov = centered.t() @ centered / n
+            var = ((weight64 @ cov) * weight64).sum(-1)
+            scale = gamma.double() * torch.rsqrt(var + eps)
+            row_weights.append((weight64 * scale[:, None]).to(weight.dtype))
+            row_biases.append((beta.double() - (weight64 @ mean) * scale).to(weight.dtype))
+        return torch.stack(row_weights), torch.stack(row_biases)
+
+    def _normalize_activate(self, y: torch.Tensor, lengths: Optional[List[int]],
+                            channel_mask: Optional[torch.Tensor], in_place: bool = False) -> torch.Tensor:
+        """Norm (unless folded), GELU, gate. ``in_place``: y is a scratch tensor of the inference
+        path; reusing its memory matters on CPU, where fresh large buffers cost page faults (a new
+        262 MB tensor for the first layer of a 4 x 10 s batch costs more than the GELU itself)."""
+        if isinstance(self.norm, nn.GroupNorm) and not self.folds_group_norm:
+            y = _time_major_group_norm(y, lengths, self.norm.weight, self.norm.bias, self.norm.eps)
+        elif isinstance(self.norm, nn.LayerNorm):
+            if channel_mask is not None:
+                y = masked_layer_norm(y, channel_mask != 0, self.norm.weight, self.norm.bias, self.norm.eps)
+            else:
+                y = F.layer_norm(y, (y.shape[-1],), self.norm.weight, self.norm.bias, self.norm.eps)
+        if in_place:
+            y = torch.ops.aten.gelu_(y)
+            return y if channel_mask is None else y.mul_(channel_mask.to(y.dtype))
+        y = F.gelu(y)
+        if channel_mask is not None:
+            y = y * channel_mask.to(y.dtype)
+        return y
+
+    def _window_products(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """CPU inference: the convolution as batched products over windows of the time-major input.
+
+        Taps are taken in chunks of at most ``stride`` frames: such a window is a strided matrix
+        whose row stride is at least its width, which BLAS reads in place (no im2col copy), so a
+        layer is 1-3 large batched GEMMs.
+
+        Args:
+            x: [B, T, C_in]; weight: [C_out, K] or per row [B, C_out, K] ((tap, channel) order);
+            bias: None, [C_out] or [B, C_out].
+        Returns:
+            [B, T_out, C_out] in the compute dtype.
+        """
+        batch, frames, channels = x.shape
+        k, s = self.kernel, self.stride
+        out_frames = conv_output_length(frames, k, s)
+        dtype = compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(dtype).contiguous()
+            weight = weight.to(dtype)
+            if weight.dim() == 2:
+                weight = weight.unsqueeze(0).expand(batch, -1, -1)
+            out = torch.empty(batch, out_frames, weight.shape[1], dtype=dtype, device=x.device)
+            if k > s and k * channels <= weight.shape[1]:
+                # Narrow overlapping windows (the first layer: 10 samples): copying them is cheaper
+                # than a second pass over the much wider output.
+                windows = x.unfold(1, k, s).transpose(-1, -2).reshape(batch, out_frames, k * channels)
+                torch.bmm(windows, weight.transpose(1, 2), out=out)
+            else:
+                for start in range(0, k, s):
+                    width = min(s, k - start)
+                    window = x.as_strided((batch, out_frames, width * channels),
+                                          (frames * channels, s * channels, 1), x.storage_offset() + start * channels)
+                    part = weight[:, :, start * channels:(start + width) * channels].transpose(1, 2)
+                    if start == 0:
+                        torch.bmm(window, part, out=out)
+                    else:
+                        out.baddbmm_(window, part)
+            if bias is not None:
+                out.add_(bias.to(dtype).unsqueeze(-2) if bias.dim() == 2 else bias.to(dtype))
+        return out
+
+    def forward(self, x: torch.Tensor, lengths: Optional[List[int]] = None,
+                channel_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the block on a batch.
+
+        Args:
+            x: [B, T_in, C_in] time-major input.
+            lengths: valid output frames per row (used by GroupNorm statistics); None = all.
+            channel_mask: [C_out] gate values (also marks the channels a LayerNorm may use).
+        Returns:
+            [B, T_out, C_out].
+        """
+        if x.dim() != 3 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"conv block expects [batch, frame, {self.in_channels}], got {list(x.shape)}")
+        batch, frames, channels = x.shape
+        k, s = self.kernel, self.stride
+        out_frames = conv_output_length(frames, k, s)
+        if out_frames < 1:
+            raise ValueError(f"input of {frames} frames is shorter than the kernel ({k}) of a conv layer")
+        weight, bias = self.product_weights(x, lengths)
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        if x.device.type == "cpu" and not needs_grad:
+            return self._normalize_activate(self._window_products(x, weight, bias), lengths, channel_mask,
+                                            in_place=True)
+        # Training and GPUs: cuDNN / oneDNN convolutions on the channels-first view of the time-major
+        # tensor; the result is again a time-major view, so no copies between layers.
+        if weight.dim() == 3:  # per-utterance weights of a folded GroupNorm: one group per utterance
+            per_row = weight.view(batch, -1, k, channels).permute(0, 1, 3, 2).reshape(-1, channels, k)
+            y = F.conv1d(x.transpose(1, 2).reshape(1, batch * channels, frames), per_row, bias.reshape(-1),
+                         stride=s, groups=batch).view(batch, -1, out_frames).transpose(1, 2)
+        else:
+            y = F.conv1d(x.transpose(1, 2), self.conv.weight, self.conv.bias, stride=s).transpose(1, 2)
+        return self._normalize_activate(y, lengths, channel_mask)
+
+
+class ConvFeatureExtractor(nn.Module):
+    """Waveform [B, T] (samples) -> features [B, N, C] (frames at 16000 / stride Hz)."""
+
+    def __init__(self, conv_layers: Sequence[Sequence[int]], *, norm: str = "group", bias: bool = False,
+                 prunable: bool = False, output_scale: bool = False) -> None:
+        super().__init__()
+        blocks = []
+        in_channels = 1
+        for index, (channels, kernel, stride) in enumerate(conv_layers):
+            block_norm = norm if (norm == "layer" or index == 0) else None
+            blocks.append(ConvBlock(in_channels, int(channels), int(kernel), int(stride), bias=bias,
+                                    norm=block_norm, prunable=prunable))
+            in_channels = int(channels)
+        self.blocks = nn.ModuleList(blocks)
+        if output_scale:
+            # Folded gate values of a pruned CNN's last layer (not trained, like DPHuBERT's dummy weight).
+            self.register_buffer("output_scale", torch.ones(in_channels))
+        else:
+            self.output_scale = None
+
+    @property
+    def out_channels(self) -> int:
+        return self.blocks[-1].out_channels
+
+    def output_lengths(self, lengths: Union[int, torch.Tensor]):
+        """Frames produced from ``lengths`` samples (int or tensor [B])."""
+        for block in self.blocks:
+            lengths = conv_output_length(lengths, block.kernel, block.stride)
+        return lengths
+
+    def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            wavs: [B, T] float waveform; lengths: [B] valid samples or None.
+        Returns:
+            features [B, N, C]; mask [C] of the last layer's channel gate (None without gates).
+        """
+        masks = [block.gate() if block.gate is not None else None for block in self.blocks]
+        full = lengths is None or bool((lengths == wavs.shape[1]).all())
+        valid = None if full else lengths.tolist()
+        x = wavs.unsqueeze(-1)
+        for block, mask in zip(self.blocks, masks):
+            if valid is not None:
+                valid = [max(conv_output_length(n, block.kernel, block.stride), 1) for n in valid]
+            x = block(x, valid, mask)
+        if self.output_scale is not None:
+            x = x * self.output_scale.to(x.dtype)
+        return x, masks[-1]
+
+
+def _fft_size(length: int) -> int:
+    """Smallest 2^a 3^b 5^c >= length (sizes the FFT handles fastest)."""
+    size = length
+    while True:
+        rest = size
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return size
+        size += 1
+
+
+class PositionalConv(nn.Module):
+    """Convolutional relative position embedding: weight-normalised grouped Conv1d (norm over all
+    dims but the kernel axis), "same" padding that drops the last frame for even kernels, GELU.
+    Returns the embedding; the caller adds it to its input.
+
+    CPU inference computes the (k = 128, 16-group) convolution through FFTs: per frequency a
+    group is a small matrix product, about 30x fewer multiplications than the direct form.
+    Training uses ``conv1d``.
+    """
+
+    def __init__(self, hidden_size: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.groups = groups
+        weight = torch.empty(hidden_size, hidden_size // groups, kernel)
+        nn.init.normal_(weight, mean=0.0, std=math.sqrt(4.0 / (kernel * hidden_size)))
+        self.weight_v = nn.Parameter(weight)
+        self.weight_g = nn.Parameter(torch.linalg.vector_norm(weight, dim=(0, 1), keepdim=True))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self._spectrum_cache: Optional[Tuple[tuple, torch.Tensor]] = None
+
+    def weight(self) -> torch.Tensor:
+        """Effective kernel [D, D / groups, k]."""
+        norm = torch.linalg.vector_norm(self.weight_v, dim=(0, 1), keepdim=True)
+        return self.weight_v * (self.weight_g / norm)
+
+    def _kernel_spectrum(self, size: int) -> torch.Tensor:
+        """rfft of the kernel laid out for circular convolution: [F, groups, C_in, C_out] complex.
+
+        Output t = sum_j w[j] x[t + j - pad] = sum_u x[u] h[t - u] with h[s] = w[pad - s], so
+        h is the reversed kernel placed at offsets -(k - 1 - pad) .. pad modulo ``size``."""
+        key = (size, self.weight_v.device, id(self.weight_v), self.weight_v.data_ptr(), self.weight_v._version,
+               id(self.weight_g), self.weight_g._version)
+        if self._spectrum_cache is not None and self._spectrum_cache[0] == key:
+            return self._spectrum_cache[1]
+        weight = self.weight().float()  # [D_out, C_in, k]
+        d_out, c_in, k = weight.shape
+        pad = k // 2
+        circular = torch.zeros(d_out, c_in, size, device=weight.device)
+        reversed_kernel = weight.flip(-1)  # index i holds w[k - 1 - i], i.e. h at offset i - (k - 1 - pad)
+        offsets = (torch.arange(k, device=weight.device) - (k - 1 - pad)) % size
+        circular[:, :, offsets] = reversed_kernel
+        spectrum = torch.fft.rfft(circular, dim=-1)  # [D_out, C_in, F]
+        groups = self.groups
+        spectrum = spectrum.view(groups, d_out // groups, c_in, -1).permute(3, 0, 2, 1).contiguous()
+        self._spectrum_cache = (key, spectrum)
+        return spectrum
+
+    def _fft_forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, frames, channels = x.shape
+        size = _fft_size(frames + self.kernel)
+        spectrum = self._kernel_spectrum(size)  # [F, G, C_in, C_out]
+        with torch.autocast(x.device.type, enabled=False):
+            signal = torch.fft.rfft(x.float(), n=size, dim=1)  # [B, F, D]
+            signal = signal.view(batch, -1, self.groups, channels // self.groups).permute(1, 2, 0, 3)
+            mixed = torch.matmul(signal, spectrum)  # [F, G, B, C_out]
+            mixed = mixed.permute(2, 0, 1, 3).reshape(batch, -1, channels)
+            y = torch.fft.irfft(mixed, n=size, dim=1)[:, :frames] + self.bias.float()
+            return F.gelu(y).to(compute_dtype(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, D] -> position embedding [B, N, D]."""
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight_v.requires_grad)
+        if x.device.type == "cpu" and not needs_grad:
+            return self._fft_forward(x)
+        self._spectrum_cache = None
+        y = F.conv1d(x.transpose(1, 2), self.weight(), self.bias, padding=self.kernel // 2, groups=self.groups)
+        if self.kernel % 2 == 0:
+            y = y[:, :, :-1]
+        return F.gelu(y).transpose(1, 2)
+
+
+def relative_position_buckets(num_frames: int, num_buckets: int, max_distance: int,
+                              device: Optional[torch.device] = None) -> torch.Tensor:
+    """T5-style bidirectional buckets of (key - query) offsets, as WavLM uses them: [N, N] long.
+
+    Half of the buckets per sign; offsets below a quarter of the buckets are exact, larger
+    ones are log-spaced up to ``max_distance`` and clipped.
+    """
+    position = torch.arange(num_frames, device=device)
+    offset = position[None, :] - position[:, None]
+    half = num_buckets // 2
+    buckets = (offset > 0).long() * half
+    distance = offset.abs()
+    exact = half // 2
+    far = exact + (torch.log(distance.clamp_min(1).float() / exact) / math.log(max_distance / exact)
+                   * (half - exact)).long()
+    far = far.clamp_max(half - 1)
+    return buckets + torch.where(distance < exact, distance, far)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with optional WavLM gated relative position bias, attention-map
+    reuse (no query/key projections) and a hard-concrete gate per head.
+
+    Fused ``scaled_dot_product_attention`` unless the probabilities are needed (asked for, or
+    reused by the next layer).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, *, dropout: float = 0.0,
+                 reuse: bool = False, reuse_mode: str = "paper", relative_bias: bool = False,
+                 total_heads: Optional[int] = None, head_indices: Optional[Sequence[int]] = None,
+                 prunable: bool = False) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+        self.reuse = reuse
+        self.reuse_mode = reuse_mode
+        inner = num_heads * head_dim
+        self.q_proj = None if reuse else linear(hidden_size, inner)
+        self.k_proj = None if reuse else linear(hidden_size, inner)
+        self.v_proj = linear(hidden_size, inner)
+        self.out_proj = linear(inner, hidden_size)
+        self.total_heads = total_heads if total_heads is not None else num_heads
+        # original head number of each head (a pruned WavLM layer keeps a subset of the 12)
+        self.head_indices: List[int] = list(head_indices) if head_indices is not None else list(range(num_heads))
+        self.all_heads = self.head_indices == list(range(self.total_heads))
+        if relative_bias:
+            self.gate_proj: Optional[nn.Linear] = nn.Linear(hidden_size // self.total_heads, 8)
+            self.gate_scale: Optional[nn.Parameter] = nn.Parameter(torch.ones(num_heads))
+        else:
+            self.gate_proj = None
+            self.gate_scale = None
+        self.head_gate = HardConcreteGate(num_heads, init_drop_prob=0.01) if (prunable and num_heads) else None
+
+    def _gated_bias(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
+        """WavLM: bias [H_total, N, N] scaled per head and query by a gate read off the input."""
+        batch, frames, _ = x.shape
+        chunks = x.view(batch, frames, self.total_heads, -1)
+        if not self.all_heads:
+            chunks = chunks[:, :, self.head_indices]
+        chunks = chunks.transpose(1, 2)  # [B, H, N, D / H_total]
+        gates = torch.sigmoid(self.gate_proj(chunks).view(batch, self.num_heads, frames, 2, 4).sum(-1).float())
+        gate_a, gate_b = gates[..., 0:1], gates[..., 1:2]
+        gate = gate_a * (gate_b * self.gate_scale.float().view(1, -1, 1, 1) - 1.0) + 2.0  # [B, H, N, 1]
+        bias = position_bias if self.all_heads else position_bias[self.head_indices]
+        return gate * bias.float().unsqueeze(0)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
+                position_bias: Optional[torch.Tensor] = None, reuse_probs: Optional[torch.Tensor] = None,
+                need_probs: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            x: [B, N, D].
+            key_padding_mask: [B, N] bool, True on padded frames (None: no padding).
+            position_bias: [H_total, N, N] relative bias (WavLM) or None.
+            reuse_probs: [B, H, N, N] probabilities of the previous layer (reuse layers only).
+            need_probs: return the attention probabilities.
+        Returns:
+            output [B, N, D]; probabilities [B, H, N, N] or None.
+        """
+        batch, frames, _ = x.shape
+        if self.num_heads == 0:  # every head pruned: only the output bias is left
+            return self.out_proj.bias.to(compute_dtype(x)).expand(batch, frames, -1), None
+        heads, dim = self.num_heads, self.head_dim
+        dropout = self.dropout if self.training else 0.0
+        probs: Optional[torch.Tensor] = None
+        if self.reuse:
+            v = self.v_proj(x).view(batch, frames, heads, dim).transpose(1, 2)
+            if reuse_probs is None:
+                raise ValueError("an attention-reuse layer needs the previous layer's probabilities")
+            if self.reuse_mode == "released":
+                # Released ARMHuBERT code: the map, stored head-major [H, B, N, N], is read back
+                # batch-major, then masked and soft-maxed a second time.
+                scores = reuse_probs.transpose(0, 1).contiguous().view(batch, heads, frames, frames).float()
+                if key_padding_mask is not None:
+                    scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+                probs = torch.softmax(scores, dim=-1)
+            else:
+                probs = reuse_probs
+            # Reuse layers have no attention dropout (0 in the original paper).
+            out = torch.matmul(probs.to(v.dtype), v)
+        else:
+            # one product for the three projections (one pass over x, a wider GEMM)
+            weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+            q, k, v = F.linear(x, weight, bias).view(batch, frames, 3, heads, dim).permute(2, 0, 3, 1, 4)
+            mask: Optional[torch.Tensor] = None
+            if position_bias is not None and self.gate_proj is not None:
+                mask = self._gated_bias(x, position_bias)
+                if key_padding_mask is not None:
+                    mask = mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            elif key_padding_mask is not None:
+                mask = ~key_padding_mask[:, None, None, :]
+            if need_probs:
+                # scaling q ([B, H, N, d]) is cheaper than scaling the scores ([B, H, N, N])
+                scores = torch.matmul(q * (dim ** -0.5), k.transpose(-1, -2)).float()
+                if mask is not None:
+                    scores = scores + mask if mask.dtype != torch.bool else scores.masked_fill(~mask, float("-inf"))
+                probs = torch.softmax(scores, dim=-1)
+                out = torch.matmul(F.dropout(probs, dropout, self.training).to(v.dtype), v)
+            else:
+                if mask is not None and mask.dtype != torch.bool:
+                    mask = mask.to(q.dtype)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if self.head_gate is not None:
+            out = out * self.head_gate().to(out.dtype).view(1, heads, 1, 1)
+        out = out.transpose(1, 2).reshape(batch, frames, heads * dim)
+        return self.out_proj(out), probs
+
+
+class FeedForward(nn.Module):
+    """fc1 -> GELU -> dropout -> (unit gate) -> fc2 -> dropout; [B, N, D] -> [B, N, D]."""
+
+    def __init__(self, hidden_size: int, ffn_size: int, *, activation_dropout: float = 0.0,
+                 dropout: float = 0.0, prunable: bool = False) -> None:
+        super().__init__()
+        self.fc1 = linear(hidden_size, ffn_size)
+        self.fc2 = linear(ffn_size, hidden_size)
+        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.unit_gate = HardConcreteGate(ffn_size, init_drop_prob=0.5) if (prunable and ffn_size) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        # In-place when nothing needs the pre-activation (inference): no second large buffer.
+        h = torch.ops.aten.gelu_(h) if not (torch.is_grad_enabled() and h.requires_grad) else F.gelu(h)
+        h = self.activation_dropout(h)
+        if self.unit_gate is not None:
+            h = h * self.unit_gate().to(h.dtype)
+        return self.dropout(self.fc2(h))
+
+
+class ParallelAdapter(nn.Module):
+    """OS-KDFT adapter beside the FFN: [LayerNorm] -> Linear(D, r) -> ReLU -> [noise] -> Linear(r, D),
+    times ``scale``. The up projection starts at zero, so a fresh adapter changes nothing.
+
+    ``noise`` (2024 scripts): during training add Gaussian noise to the bottleneck with a
+    standard deviation of U(0.1, 0.5) times its mean absolute value.
+    """
+
+    def __init__(self, hidden_size: int, bottleneck: int, *, scale: float = 1.0, layer_norm: bool = False,
+                 noise: bool = False, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, eps=eps) if layer_norm else None
+        self.down = nn.Linear(hidden_size, bottleneck)
+        self.up = nn.Linear(bottleneck, hidden_size)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.scale = scale
+        self.noise = noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, D] -> [B, N, D]."""
+        h = self.norm(x) if self.norm is not None else x
+        h = F.relu(self.down(h))
+        if self.noise and self.training:
+            level = torch.empty((), device=h.device).uniform_(0.1, 0.5) * h.detach().abs().mean()
+            h = h + torch.randn_like(h) * level
+        return self.up(h) * self.scale
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN (Base) or pre-LN (Large) transformer layer, with an optional parallel adapter."""
+
+    def __init__(self, attention: SelfAttention, feed_forward: FeedForward, hidden_size: int, *,
+                 layer_norm_first: bool, eps: float, dropout: float,
+                 adapter: Optional[ParallelAdapter] = None) -> None:
+        super().__init__()
+        self.attention = attention
+        self.attention_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.feed_forward = feed_forward
+        self.final_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm_first = layer_norm_first
+        self.adapter = adapter
+
+    def _adapter(self, x: torch.Tensor, rows: Union[bool, torch.Tensor, None]) -> Optional[torch.Tensor]:
+        if self.adapter is None or rows is False or rows is None:
+            return None
+        out = self.adapter(x)
+        if isinstance(rows, torch.Tensor):
+            out = out * rows.to(out.dtype).view(-1, 1, 1)
+        return out
+
+    def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
+                position_bias: Optional[torch.Tensor] = None, reuse_probs: Optional[torch.Tensor] = None,
+                need_probs: bool = False, adapter_rows: Union[bool, torch.Tensor, None] = None
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            x: [B, N, D]; key_padding_mask: [B, N] bool (True = padding).
+            adapter_rows: True/False for the whole batch, or [B] bool selecting rows that use the adapter.
+        Returns:
+            output [B, N, D]; attention probabilities [B, H, N, N] or None.
+        """
+        if self.layer_norm_first:
+            attended, probs = self.attention(self.attention_norm(x), key_padding_mask, position_bias,
+                                             reuse_probs, need_probs)
+            x = x + self.dropout(attended)
+            update = self.feed_forward(self.final_norm(x))
+            extra = self._adapter(x, adapter_rows)
+            return x + (update if extra is None else update + extra), probs
+        attended, probs = self.attention(x, key_padding_mask, position_bias, reuse_probs, need_probs)
+        x = self.attention_norm(x + self.dropout(attended))
+        update = self.feed_forward(x)
+        extra = self._adapter(x, adapter_rows)
+        return self.final_norm(x + (update if extra is None else update + extra)), probs

@@ -1,0 +1,85 @@
+"""Analytic MAC counts (against torch's FlopCounterMode and hand arithmetic) and the profile entry point."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from speechdistill.models import Encoder, architecture, build_student
+from speechdistill.models.profiling import count_macs, macs_per_second
+
+torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["hubert_base", "armhubert_s", "starhubert", "wavlm_2_layers", "distilalhubert",
+                                  "oskdft_2024"])
+def test_analytic_macs_equal_torch_flop_counter(name):
+    if name == "wavlm_2_layers":
+        model, heads = Encoder(architecture("wavlm_base").replace(num_layers=2)), None
+    else:
+        student = build_student(name) if name != "hubert_base" else None
+        model = student.encoder if student else Encoder(architecture("hubert_base"))
+        heads = student.heads if student else None
+    samples = 24000
+    wavs = torch.randn(1, samples)
+    counter = FlopCounterMode(display=False)
+    with counter:  # materialised attention so that every product is an op the counter knows
+        out = model(wavs, attention_layers=set(range(1, model.config.num_layers + 1)))
+        if heads is not None:
+            heads.from_hidden_states(out.hidden_states) if hasattr(heads, "from_hidden_states") else heads(
+                out.hidden_states)
+    counted = counter.get_total_flops() / 2
+    analytic = count_macs(model.config, samples, heads)["total"]
+    assert analytic == pytest.approx(counted, rel=2e-3)
+
+
+def test_hubert_base_is_7_0_to_7_9_gmacs_per_audio_second():
+    config = architecture("hubert_base")
+    for seconds in (3, 10, 12.3, 20):  # 2 s gives 6.9998 G: the range of SUPERB's 1.3-20 s set
+        assert 7.0e9 <= macs_per_second(config, seconds) <= 7.9e9
+    parts = count_macs(config, 16000)
+    # hand arithmetic (anchors §6a): conv 2 runs at 1599 frames/s with 512 x 512 x 3 MACs per frame
+    frames = [3199, 1599, 799, 399, 199, 99, 49]
+    expected_cnn = frames[0] * 512 * 10 + sum(f * 512 * 512 * 3 for f in frames[1:5]) + \
+        sum(f * 512 * 512 * 2 for f in frames[5:])
+    assert parts["cnn"] == expected_cnn
+    assert parts["attention_scores"] == 12 * 2 * 49 * 49 * 768
+    assert parts["feed_forward"] == 12 * 2 * 49 * 768 * 3072
+
+
+def _run(args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "speechdistill.bin.profile", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd)
+
+
+def test_profile_prints_params_macs_and_speed_as_json(tmp_path):
+    run = _run(["--model", "distilhubert", "--seconds", "1", "--repeats", "2", "--warmup", "0", "--threads", "1",
+                "--log", str(tmp_path / "profile.log")], tmp_path)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["params"] == 23_491_200 == report["published_params"]
+    assert report["macs_per_second"] == macs_per_second(build_student("distilhubert").encoder.config, 1.0)
+    assert len(report["forward_seconds"]) == 2 and report["audio_seconds_per_second"] > 0
+    assert report["threads"] == 1
+    assert "result:" in (tmp_path / "profile.log").read_text()
+    run = _run(["--model", "armhubert", "--no-speed"], tmp_path)
+    assert json.loads(run.stdout)["params"] == 26_448_448  # counted with its 12 projection heads
+    bad = _run(["--model", "no_such_model"], tmp_path)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == \
+        "profile: error: no_such_model: no such file or directory"
+
+
+def test_profile_table_lists_presets_with_ratios_to_the_reference(tmp_path):
+    run = _run(["--table", "--presets", "distilhubert", "starhubert", "--seconds", "0.5", "--repeats", "1",
+                "--warmup", "0", "--threads", "1"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| model | params") and len(lines) == 4
+    assert lines[1].startswith("| hubert_base | 94.37 M") and "| 1.00x |" in lines[1]
+    assert lines[2].startswith("| distilhubert | 23.49 M") and lines[3].startswith("| starhubert | 22.31 M")
