@@ -21,7 +21,8 @@ from speechdistill.data.sampler import BucketBatchSampler  # noqa: E402
 from speechdistill.train import REQUEUE_EXIT_CODE, Trainer, TrainingError, lr_multiplier  # noqa: E402
 from speechdistill.train.checkpoint import CheckpointError  # noqa: E402
 from speechdistill.train.cli import build_parser, parse_args  # noqa: E402
-from speechdistill.train.precision import autocast, resolve_precision  # noqa: E402
+from speechdistill.train.precision import (BF16_CPU_FLAGS, BF16_MIN_PROBE_SPEEDUP, autocast,  # noqa: E402
+                                           cpu_bf16_speedup, cpu_flags, fastest_precision, resolve_precision)
 
 TOY = Path(__file__).resolve().parent / "_train_toy.py"
 TRAIN_LENGTHS = [800, 1200] + np.random.default_rng(11).integers(2000, 9000, 12).tolist()  # two too short
@@ -180,6 +181,22 @@ def test_resume_flag_needs_a_checkpoint_and_bf16_trains(data, tmp_path):
     assert result.status == "finished"
     assert "precision bf16" in (tmp_path / "bf16" / "train.log").read_text()
     assert np.isfinite(_records(tmp_path / "bf16")[-1]["loss"])
+
+
+def test_auto_precision_trains_in_what_is_fastest_here(data, tmp_path):
+    """--precision auto (the default) runs what this machine computes fastest: bf16 only on a CPU
+    with bf16 units where the probe finds bf16 products faster (the benchmark checks the choice
+    against full teacher forwards: tests/test_benchmark.py)."""
+    cpu = torch.device("cpu")
+    chosen = fastest_precision(cpu)
+    if not cpu_flags() & BF16_CPU_FLAGS:
+        assert chosen == "fp32"  # bf16 would be emulated in software, several times slower
+    else:
+        assert chosen == ("bf16" if cpu_bf16_speedup() >= BF16_MIN_PROBE_SPEEDUP else "fp32")
+    result = _train(_config(data, valid_data=None, precision="auto", teacher_precision="auto", max_steps=1),
+                    tmp_path / "auto")
+    assert result.status == "finished"
+    assert f"precision {chosen}, teacher {chosen};" in (tmp_path / "auto" / "train.log").read_text()
 
 
 def test_precision_resolution():

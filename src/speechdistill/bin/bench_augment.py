@@ -77,7 +77,8 @@ def _add(tables: Dict[str, Dict[str, str]], directory: Path, key: str, speaker: 
 
 def run_bench(data_dir: Path, noise_dir: Path, rir_dir: Path, *, batch_size: int, crop_seconds: float,
               batches: int, device: str) -> Dict[str, float]:
-    """Wall seconds spent reading and augmenting ``batches`` batches, CPU seconds used, audio seconds held."""
+    """Wall seconds spent reading and augmenting ``batches`` batches (``read``, ``augment``), the process's
+    CPU seconds for each (``read_cpu``, ``augment_cpu``) and in all (``cpu``), audio seconds held."""
     config = load_augment_config({"apply_prob": 1.0, "choices": {"noise+reverb": 1.0},
                                   "noise": {"data_dir": str(noise_dir), "snr_db": [0.0, 15.0]},
                                   "reverb": {"data_dir": str(rir_dir)}})
@@ -85,22 +86,25 @@ def run_bench(data_dir: Path, noise_dir: Path, rir_dir: Path, *, batch_size: int
     dataset = AudioDataset(data_dir, max_seconds=crop_seconds, seed=0)
     generator = torch.Generator().manual_seed(0)
     order = np.random.default_rng(0).permutation(np.resize(np.arange(len(dataset)), batch_size * batches))
-    read_time = augment_time = audio = 0.0
+    read_time = augment_time = read_cpu = augment_cpu = audio = 0.0
     cpu_start = time.process_time()
     for b in range(batches):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         items = [dataset[ItemRef(0, b, int(i))] for i in order[b * batch_size:(b + 1) * batch_size]]
         batch = collate_batch(items)
-        middle = time.perf_counter()
+        middle, middle_cpu = time.perf_counter(), time.process_time()
         wavs, lengths = batch["wavs"].to(device), batch["lengths"].to(device)
         out = augmenter(wavs, lengths, generator)
         if out.noisy.is_cuda:
             torch.cuda.synchronize()
-        end = time.perf_counter()
+        end, end_cpu = time.perf_counter(), time.process_time()
         read_time += middle - start
         augment_time += end - middle
+        read_cpu += middle_cpu - start_cpu
+        augment_cpu += end_cpu - middle_cpu
         audio += batch["audio_seconds"]
-    return {"read": read_time, "augment": augment_time, "audio": audio, "cpu": time.process_time() - cpu_start}
+    return {"read": read_time, "augment": augment_time, "read_cpu": read_cpu, "augment_cpu": augment_cpu,
+            "audio": audio, "cpu": time.process_time() - cpu_start}
 
 
 def build_parser() -> argparse.ArgumentParser:

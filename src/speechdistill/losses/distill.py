@@ -202,7 +202,7 @@ def student_keys_needed(terms: Sequence[LossTerm]) -> List[StudentKey]:
 
 
 def _frame_distance(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Per-frame distance of selected frames: ``[M, D]`` × 2 -> ``[M]`` (float32)."""
+    """Per-frame distance: ``[..., D]`` × 2 -> ``[...]`` (float32 inputs)."""
     if kind in ("l1", "mask_split_l1"):
         return (student - teacher).abs().mean(dim=-1)
     if kind in ("mse", "mask_split_mse"):
@@ -233,20 +233,28 @@ def _reduce_layers(values: List[torch.Tensor], reduction: str) -> torch.Tensor:
     return stacked.mean() if reduction == "mean" else stacked.sum()
 
 
-def _frame_denominator(term: LossTerm, valid: torch.Tensor) -> float:
+def _frame_denominator(term: LossTerm, used: torch.Tensor) -> Union[float, torch.Tensor]:
+    """Number of utterances (frame sum) or of used frames (frame mean, a tensor: no host sync).
+
+    A batch without a used frame makes the mean 0/0 = NaN, which the trainer reports as a
+    non-finite term by name (the encoders refuse utterances shorter than one frame, so a real
+    batch always has frames)."""
     if term.frame_reduction == "sum":
-        return float(valid.shape[0])
-    count = int(valid.sum())
-    if count == 0:
-        raise LossInputError(f"loss term '{term.name}': the batch has no valid frame")
-    return float(count)
+        return float(used.shape[0])
+    return used.sum(dtype=torch.float32)
 
 
-def _select_frames(features: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
-    """``[B, N, D]`` -> ``[M, D]`` float32 rows of the used frames (a view when every frame is used)."""
-    if bool(used.all()):
-        return features.reshape(-1, features.shape[-1]).float()
-    return features[used].float()
+def _used_rows(features: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    """``[B, N, D]`` in float32 with the frames outside ``used`` ([B, N] bool) set to 0.
+
+    Selecting by value instead of boolean indexing keeps shapes static (no host sync), and zeroing
+    (rather than multiplying) keeps NaN/inf garbage in padding out of values and gradients."""
+    return torch.where(used[..., None], features.float(), 0.0)
+
+
+def _used_sum(distance: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    """Sum of a ``[B, N]`` per-frame distance over the ``used`` frames."""
+    return torch.where(used, distance, 0.0).sum()
 
 
 def _frame_term(term: LossTerm, student: Mapping[StudentKey, torch.Tensor],
@@ -258,8 +266,8 @@ def _frame_term(term: LossTerm, student: Mapping[StudentKey, torch.Tensor],
         check_same_shape(prediction, target, f"loss term '{term.name}' pair ({key!r}, {layer})")
         used = resolve_valid(valid, prediction.shape[0], prediction.shape[1],
                              include_padding=term.include_padding, where=f"loss term '{term.name}'")
-        distance = _frame_distance(term.kind, _select_frames(prediction, used), _select_frames(target, used))
-        values.append(distance.sum() / _frame_denominator(term, used))
+        distance = _frame_distance(term.kind, _used_rows(prediction, used), _used_rows(target, used))
+        values.append(_used_sum(distance, used) / _frame_denominator(term, used))
     return _reduce_layers(values, term.layer_reduction)
 
 
@@ -284,12 +292,13 @@ def _mask_split_term(term: LossTerm, student: Mapping[StudentKey, torch.Tensor],
         denominator = _frame_denominator(term, used)
         in_mask = mask_indices & used
         out_of_mask = ~mask_indices & used
+        student_rows = _used_rows(prediction, used)
         # Masked frames learn what the teacher sees with full context; unmasked frames learn what
         # the teacher infers when the same frames are hidden from it.
-        masked_values.append(_frame_distance(term.kind, prediction[in_mask].float(),
-                                             target[in_mask].float()).sum() / denominator)
-        unmasked_values.append(_frame_distance(term.kind, prediction[out_of_mask].float(),
-                                               masked_target[out_of_mask].float()).sum() / denominator)
+        masked_values.append(_used_sum(_frame_distance(term.kind, student_rows, _used_rows(target, used)),
+                                       in_mask) / denominator)
+        unmasked_values.append(_used_sum(_frame_distance(term.kind, student_rows, _used_rows(masked_target, used)),
+                                         out_of_mask) / denominator)
     return (_reduce_layers(masked_values, term.layer_reduction),
             _reduce_layers(unmasked_values, term.layer_reduction))
 

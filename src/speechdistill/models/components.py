@@ -459,6 +459,26 @@ class SelfAttention(nn.Module):
             self.gate_scale = None
         self.head_gate = HardConcreteGate(num_heads, init_drop_prob=0.01) if (prunable and num_heads) else None
 
+    def _fused_projection(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Q, K and V weights [3 * inner, D] and biases [3 * inner] as one projection.
+
+        Without autograd (a frozen teacher, inference) the concatenation is kept and reused while
+        the parameters are unchanged (same storage, no in-place update): re-concatenating 12 x 7 MB
+        per forward costs a HuBERT Base CPU forward of 1 s of audio about 5 %."""
+        parts = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+                 self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        if (torch.is_grad_enabled() and any(p.requires_grad for p in parts)) or torch.compiler.is_compiling() \
+                or any(p.is_inference() for p in parts):  # (inference tensors have no version counter)
+            return torch.cat(parts[:3]), torch.cat(parts[3:])
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
+        cached = self.__dict__.get("_fused_cache")
+        if cached is None or cached[0] != key:
+            # a normal tensor even under inference_mode, so that a later grad-enabled call may use it
+            with torch.inference_mode(False), torch.no_grad():
+                cached = (key, torch.cat(parts[:3]), torch.cat(parts[3:]))
+            self.__dict__["_fused_cache"] = cached
+        return cached[1], cached[2]
+
     def _gated_bias(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
         """WavLM: bias [H_total, N, N] scaled per head and query by a gate read off the input."""
         batch, frames, _ = x.shape
@@ -508,8 +528,7 @@ class SelfAttention(nn.Module):
             out = torch.matmul(probs.to(v.dtype), v)
         else:
             # one product for the three projections (one pass over x, a wider GEMM)
-            weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+            weight, bias = self._fused_projection()
             q, k, v = F.linear(x, weight, bias).view(batch, frames, 3, heads, dim).permute(2, 0, 3, 1, 4)
             mask: Optional[torch.Tensor] = None
             if position_bias is not None and self.gate_proj is not None:

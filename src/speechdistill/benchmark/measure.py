@@ -1,0 +1,215 @@
+"""Timing, peak memory and the device's own matmul limit, the measuring tools of the benchmark.
+
+Every figure is the median of ``repeats`` timed calls made after ``warmup`` untimed ones, and
+the calls of the things compared are interleaved (a, b, c, a, b, c, ...): a change in machine
+load during the run then hits all of them alike, so their ratios stay meaningful on a shared
+machine even when the absolute figures do not.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..models.profiling import measure as interleaved_medians
+
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status_kib(field_name: str) -> Optional[int]:
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _release_free_heap() -> None:
+    """Give the C heap's free pages back to the OS, so that RSS counts live memory only."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        trim = getattr(libc, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+    except OSError:
+        return
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory a block of work adds above what was in use when it started, in bytes.
+
+    CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats`` minus the memory allocated
+    at the start. CPU: Linux's resident-set high-water mark (``VmHWM``, reset by writing 5 to
+    ``/proc/self/clear_refs``) minus the resident set at the start, after returning the heap's
+    free pages to the OS. ``bytes`` stays None where the platform offers neither.
+    """
+
+    device: torch.device
+    bytes: Optional[int] = None
+    method: str = ""
+    _start: int = 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda max_memory_allocated"
+            return self
+        _release_free_heap()
+        try:
+            PROC_CLEAR_REFS.write_text("5")
+        except OSError:
+            self.method = "unavailable (no writable /proc/self/clear_refs)"
+            return self
+        start = _status_kib("VmRSS")
+        if start is None:
+            self.method = "unavailable (no VmRSS in /proc/self/status)"
+            return self
+        self._start = start * 1024
+        self.method = "rss high-water mark (VmHWM) delta"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+            return
+        if not self.method.startswith("rss"):
+            return
+        peak = _status_kib("VmHWM")
+        if peak is not None:
+            self.bytes = max(peak * 1024 - self._start, 0)
+
+
+class MemoryOnFirstCall:
+    """Wraps a callable so that its first call (the warm-up) records its peak memory."""
+
+    def __init__(self, run: Callable[[], Any], device: torch.device) -> None:
+        self.run = run
+        self.device = device
+        self.memory: Optional[PeakMemory] = None
+
+    def __call__(self) -> Any:
+        if self.memory is None:
+            with PeakMemory(self.device) as memory:
+                result = self.run()
+            self.memory = memory
+            return result
+        return self.run()
+
+
+@dataclass
+class Timing:
+    """Seconds of each timed call; ``median`` is what the benchmark reports."""
+
+    seconds: List[float] = field(default_factory=list)
+    peak_memory_bytes: Optional[int] = None
+    memory_method: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def time_interleaved(runs: Dict[str, Callable[[], Any]], device: torch.device, *, repeats: int, warmup: int,
+                     progress: Optional[Callable[[], None]] = None, memory: bool = False) -> Dict[str, Timing]:
+    """Median-ready timings of several callables run round-robin after ``warmup`` rounds.
+
+    With ``memory`` (needs ``warmup >= 1``) the first, untimed call of each records its peak memory.
+    """
+    wrapped: Dict[str, Callable[[], Any]] = {}
+    for name, run in runs.items():
+        wrapped[name] = MemoryOnFirstCall(run, device) if memory and warmup > 0 else run
+        if progress is not None:
+            wrapped[name] = _Ticking(wrapped[name], progress)
+    # warm-up calls tick the progress bar too, so that it tracks wall time
+    raw = interleaved_medians(wrapped, device, repeats=repeats, warmup=warmup)
+    result: Dict[str, Timing] = {}
+    for name, speed in raw.items():
+        timing = Timing(seconds=list(speed.seconds_per_pass))
+        inner = wrapped[name]
+        inner = getattr(inner, "inner", inner)
+        if isinstance(inner, MemoryOnFirstCall) and inner.memory is not None:
+            timing.peak_memory_bytes = inner.memory.bytes
+            timing.memory_method = inner.memory.method
+        result[name] = timing
+    return result
+
+
+class _Ticking:
+    """Calls ``tick`` after each call of ``inner`` (progress bars)."""
+
+    def __init__(self, inner: Callable[[], Any], tick: Callable[[], None]) -> None:
+        self.inner = inner
+        self.tick = tick
+
+    def __call__(self) -> Any:
+        result = self.inner()
+        self.tick()
+        return result
+
+
+def matmul_flops(device: torch.device, sizes: Dict[torch.dtype, int], *, repeats: int, warmup: int = 1,
+                 progress: Optional[Callable[[], None]] = None) -> Dict[torch.dtype, float]:
+    """Dense ``[n, n] x [n, n]^T`` FLOP/s (2 n^3 per product) for each dtype, interleaved medians.
+
+    The product is ``F.linear``, the kernel behind every linear layer of the models (on a CPU,
+    oneDNN for bf16; ``torch.mm`` in bf16 takes a much slower generic path on CPUs without bf16
+    units, which would understate what the models can reach). ``sizes`` maps each dtype to its n.
+    """
+    generator = torch.Generator().manual_seed(0)
+    operands = {}
+    for dtype, size in sizes.items():
+        a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+        b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+        operands[dtype] = (a, b)
+
+    def product(dtype: torch.dtype) -> Callable[[], Any]:
+        a, b = operands[dtype]
+        return lambda: F.linear(a, b)
+
+    timings = time_interleaved({str(dtype): product(dtype) for dtype in sizes}, device, repeats=repeats,
+                               warmup=warmup, progress=progress)
+    return {dtype: 2.0 * size ** 3 / timings[str(dtype)].median for dtype, size in sizes.items()}
+
+
+@contextlib.contextmanager
+def torch_threads(count: Optional[int]) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads (unchanged when None), then restore."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_average() -> Optional[List[float]]:
+    """1, 5 and 15 minute load averages (None where /proc/loadavg is missing)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
