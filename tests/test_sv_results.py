@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import roc_curve
 
 from test_sv_fixtures import REPO
@@ -91,3 +92,37 @@ def test_entry_point_refuses_an_unscored_trial_and_prints_the_table(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1
     assert "trial 'e003 t003' has no score" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_systems_are_compared_on_one_trial_list(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.random(200) < 0.5
+    systems = []
+    expected = {}
+    for name, separation, init in (("good", 2.0, None), ("weak", 0.5, {})):
+        item, rounded = write_lists(tmp_path, name, labels, rng.normal(size=200) + separation * labels)
+        model_dir = tmp_path / name / "sv_model"
+        model_dir.mkdir(parents=True)
+        info = {"student": "oskdft", "student_init": init, "upstream_params": 1234567, "backend_params": 890}
+        (model_dir / "sv_model.yaml").write_text(yaml.safe_dump({"system": "oskdft", "info": info}))
+        systems += ["--system", name, str(item.scores), str(tmp_path / "good.trials"), str(model_dir)]
+        expected[name] = sklearn_eer(labels, rounded)
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "speechdistill.bin.sv_results", "--output", str(tmp_path / "cmp/RESULTS.md"),
+               *systems, "--note", "demo"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"|good|student `oskdft` (copied from the teacher)|1,234,567|890|{100 * expected['good']:.3f}|" in done.stdout
+    assert f"|weak|student `oskdft` (random init)|1,234,567|890|{100 * expected['weak']:.3f}|" in done.stdout
+    assert expected["good"] < expected["weak"]
+    text = (tmp_path / "cmp/RESULTS.md").read_text()
+    assert f"{labels.sum()} target and {(~labels).sum()} nontarget trials" in text and "- demo" in text
+    assert "![DET curves](det.png)" in text and (tmp_path / "cmp/det.png").read_bytes()[:4] == b"\x89PNG"
+    # a system scored on another trial list, or --list mixed with --system, is refused
+    (tmp_path / "other.trials").write_bytes((tmp_path / "good.trials").read_bytes())
+    other = command[:5] + ["--system", "x", systems[2], str(tmp_path / "other.trials"), systems[4]] + command[5:]
+    done = subprocess.run(other, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and "compared on one trial list" in done.stderr
+    mixed = command + ["--list", "a", systems[2], systems[3]]
+    done = subprocess.run(mixed, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "not both" in done.stderr

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # VoxCeleb speaker-verification recipe (OS-KDFT: one-step distillation and fine-tuning).
 #
+#   ./run.sh                                 # stages 0-5 on the embedded mini VoxCeleb with a tiny teacher
+#                                            # pretrained in stage 2 (no --teacher given)
 #   ./run.sh --stage 0 --stop_stage 1        # data and trials, then noise and RIR dirs
 #   ./run.sh --stage 2 --stop_stage 5 --teacher /path/to/hubert-base-ls960 --sv_config conf/oskdft_paper.yaml
 #                                            # teacher import, training, embeddings, scoring -> RESULTS.md
 #                                            # (README: "Speaker verification: stages 2-5")
+#   local/demo.sh                            # `make demo-sv`: OS-KDFT vs a random student and baselines
 #
 # Corpora come from db.sh; empty VOXCELEB1 and VOXCELEB2 select the embedded mini VoxCeleb
 # (synthesized speakers, built under ${mini_dir}). See README.md for the data dirs.
 set -euo pipefail
 
 stage=0
-stop_stage=1
+stop_stage=5
 nj=2                              # parallel processes for data preparation
 train_sets="vox2_dev"             # real subsets merged into data/train: vox2_dev vox2_test vox1_dev
 eval_sets="vox1_O vox1_E vox1_H"  # real evaluation sets (cleaned trial lists), each data/<set> with trials
@@ -21,11 +24,17 @@ seed=0                            # seed of the mini corpora
 # stages 2-5: teacher, speaker-verification training, embeddings, scoring
 teacher=                          # stage 2: teacher checkpoint: Hugging Face dir, fairseq .pt, s3prl checkpoint or our model dir
 teacher_dir=exp/teacher           # stage 2 writes the imported teacher here (our model dir); stage 3 reads it
+pretrain_teacher=auto             # stage 2 without --teacher: auto = pretrain a tiny HuBERT on the mini corpus only
+                                  # (real data needs --teacher); true = on data/train whatever it is; false = never
+pretrain_config=conf/demo/pretrain_hubert.yaml  # speechdistill.bin.pretrain_hubert config of that teacher
+pretrain_args=                    # extra pretrain_hubert options, e.g. "--max_steps 200 --threads 2"
+pretrain_dir=exp/pretrain_hubert  # where it is trained (labels/, checkpoints/, hf/); then imported into teacher_dir
 sv_config=                        # stage 3: conf/<preset>.yaml (default: conf/oskdft_paper_mini.yaml on the mini
                                   # corpus, conf/oskdft_paper.yaml on VoxCeleb)
 sv_exp=                           # stages 3-5 experiment dir (default: exp/sv_<config name>)
 sv_args=                          # extra sv_train options, e.g. "--max_steps 30 --batch_seconds 8"
-ngpu=1                            # GPUs per node; 0 trains on CPU; >1 starts one process per GPU (torchrun)
+ngpu=auto                         # GPUs per node; auto = the visible CUDA GPUs (0 without CUDA); 0 trains on CPU;
+                                  # >1 starts one process per GPU (torchrun)
 num_nodes=1                       # >1: one srun task per GPU on every node (needs cmd_backend=slurm)
 cpus_per_gpu=4                    # CPUs given to each training process under Slurm
 tta_segments=0                    # stage 4: test-time augmentation segments per utterance (OS-KDFT: 5); 0 = off
@@ -42,6 +51,18 @@ redo=false                        # true: redo stages 2-4 even where their marke
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
 
+if [ "${ngpu}" = auto ]; then
+    if [ "${stop_stage}" -ge 2 ] && [ "${stage}" -le 4 ]; then
+        ngpu=$(python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
+        log "--ngpu auto: ${ngpu} visible CUDA GPU(s)$([ "${ngpu}" = 0 ] && echo '; training on the CPU')"
+    else
+        ngpu=0  # stages 0, 1 and 5 use no GPU
+    fi
+fi
+[[ "${ngpu}" =~ ^[0-9]+$ ]] || { log "error: --ngpu must be auto or a number of GPUs, found '${ngpu}'"; exit 1; }
+case "${pretrain_teacher}" in auto | true | false) ;; *)
+    log "error: --pretrain_teacher must be auto, true or false, found '${pretrain_teacher}'"; exit 1 ;; esac
+
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     log "stage 0: data -> data/train and evaluation sets with trials (marker: data/.stage0.done)"
     local/data.sh --nj "${nj}" --train_sets "${train_sets}" --eval_sets "${eval_sets}" \
@@ -55,6 +76,7 @@ fi
 
 # resolve_sv: the speaker-verification config and experiment dir of stages 2-5 (after stage 0 ran)
 resolve_sv() {
+    [ -z "${sv_system:-}" ] || return 0  # resolved by an earlier stage of this run
     if [ -z "${sv_config}" ]; then
         if [ -f data/.stage0.done ] && [ "$(. data/.stage0.done && echo "${corpus}")" = mini ]; then
             sv_config=conf/oskdft_paper_mini.yaml
@@ -81,20 +103,61 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     resolve_sv
     log "stage 2: teacher -> ${teacher_dir} (marker: ${teacher_dir}/.stage2.done)"
     if [ -z "${teacher}" ]; then
-        if [ -f "${teacher_dir}/.stage2.done" ] && [ "${redo}" = false ]; then
+        corpus=$([ -f data/.stage0.done ] && (. data/.stage0.done && echo "${corpus}") || echo unknown)
+        if [ "${pretrain_teacher}" = auto ]; then
+            pretrain_teacher=$([ "${corpus}" = mini ] && echo true || echo false)
+        fi
+        if [ -f "${teacher_dir}/.stage2.done" ] && [ "${redo}" = false ] \
+            && ! grep -q '^pretrained=' "${teacher_dir}/.stage2.done"; then
             log "no --teacher given; keeping the teacher imported earlier: $(grep '^teacher=' "${teacher_dir}/.stage2.done")"
         elif [ "${sv_system}" = fbank ]; then
             log "no --teacher given; ${sv_config} trains the fbank baseline, which needs none"
+        elif [ "${pretrain_teacher}" = true ]; then
+            # the default teacher: HuBERT's first iteration trained from scratch on data/train, exported as a
+            # Hugging Face dir and imported like any real teacher
+            [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
+            [ -f "${pretrain_config}" ] || { log "error: --pretrain_config ${pretrain_config} does not exist"; exit 1; }
+            train_set=$(. data/.stage0.done && echo "${train_set}")
+            pretrained="pretrained=${pretrain_config} $(md5sum < "${pretrain_config}" | cut -d' ' -f1) args=${pretrain_args} data=data/${train_set}"
+            if [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ] \
+                && grep -qxF "${pretrained}" "${teacher_dir}/.stage2.done"; then
+                log "no --teacher given; keeping the teacher pretrained earlier (${pretrained})"
+            elif [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ]; then
+                log "error: ${teacher_dir} holds a teacher pretrained with other settings" \
+                    "($(grep '^pretrained=' "${teacher_dir}/.stage2.done")); pass --redo true to pretrain again," \
+                    "or --teacher_dir and --pretrain_dir for another one"
+                exit 1
+            else
+                [ "${redo}" = true ] && rm -rf "${pretrain_dir}"
+                log "no --teacher given: pretraining a tiny HuBERT on data/${train_set} with ${pretrain_config}" \
+                    "-> ${pretrain_dir}/hf (console: exp/log/pretrain_hubert.log; a rerun resumes)"
+                mkdir -p exp/log
+                started=$(date +%s)
+                # shellcheck disable=SC2086  # pretrain_args is split into words
+                ${cuda_cmd} --gpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" exp/log/pretrain_hubert.log \
+                    python -m speechdistill.bin.pretrain_hubert --config "${pretrain_config}" \
+                    --train-data "data/${train_set}" --output-dir "${pretrain_dir}" \
+                    --device "$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)" ${pretrain_args}
+                grep -o 'update [0-9]*/[0-9]* epoch.*acc_unmasked [^ ]*' "${pretrain_dir}/train.log" 2> /dev/null \
+                    | tail -n 1 | sed 's/^/    last /' || true
+                teacher_src=$(cd "${pretrain_dir}" && pwd -P)/hf
+                ${train_cmd} exp/log/import_teacher.log \
+                    python -m speechdistill.bin.import_teacher --src "${teacher_src}" --out "${teacher_dir}" --force
+                printf 'teacher=%s\n%s\n' "${teacher_src}" "${pretrained}" > "${teacher_dir}/.stage2.done"
+                log "stage 2 done: tiny HuBERT teacher pretrained in $(($(date +%s) - started)) s, imported to ${teacher_dir}"
+            fi
         else
             log "error: stage 2 needs a teacher for ${sv_config} (system ${sv_system}): pass --teacher PATH, a" \
                 "Hugging Face model dir (e.g. a clone of facebook/hubert-base-ls960 or microsoft/wavlm-base-plus)," \
-                "a fairseq .pt, an s3prl checkpoint or a speechdistill model dir"
+                "a fairseq .pt, an s3prl checkpoint or a speechdistill model dir (or --pretrain_teacher true to" \
+                "pretrain a tiny HuBERT on data/train, as is done by default on the mini corpus)"
             exit 1
         fi
     else
         teacher_src=$(cd "$(dirname "${teacher}")" && pwd -P)/$(basename "${teacher}")
         if [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ] \
-            && grep -qxF "teacher=${teacher_src}" "${teacher_dir}/.stage2.done"; then
+            && grep -qxF "teacher=${teacher_src}" "${teacher_dir}/.stage2.done" \
+            && ! grep -q '^pretrained=' "${teacher_dir}/.stage2.done"; then
             log "${teacher_dir} already holds ${teacher_src}; kept"
         else
             # import_teacher checks the checkpoint (format, architecture, every weight's name and shape)
@@ -115,9 +178,9 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     teacher_used=none
     if [ "${sv_system}" != fbank ]; then
         [ -f "${teacher_dir}/.stage2.done" ] || { log "error: ${sv_config} needs a teacher and ${teacher_dir} has none;" \
-            "run stage 2 with --teacher PATH"; exit 1; }
+            "run stage 2 (with --teacher PATH, or on the mini corpus without it)"; exit 1; }
         teacher_opts=(--teacher "${teacher_dir}")
-        teacher_used=$(grep '^teacher=' "${teacher_dir}/.stage2.done")
+        teacher_used=$(grep -E '^(teacher|pretrained)=' "${teacher_dir}/.stage2.done" | paste -sd ' ')
     fi
     settings="config=${sv_config} $(md5sum < "${sv_config}" | cut -d' ' -f1) args=${sv_args} ${teacher_used} data=data/${train_set}"
     if [ "${redo}" = false ] && [ -f "${sv_exp}/.stage3.done" ] && [ -f "${sv_exp}/sv_model/sv_model.yaml" ] \

@@ -8,6 +8,14 @@
 For each list: EER (%) and minDCF at p_target 0.01 and 0.05 (C_miss = C_fa = 1), the same numbers
 compute_eer prints, and a DET curve PNG (--det-dir, default det/ beside RESULTS.md). Every trial
 must have a score; a missing one is an error naming the pair. The table is printed too.
+
+Several systems on one trial list (make demo-sv) instead of several lists of one system:
+
+    python -m speechdistill.bin.sv_results --output exp/demo/RESULTS.md --det exp/demo/det.png \\
+        --system oskdft exp/demo/oskdft/scores/test.score data/test/trials exp/demo/oskdft/sv_model \\
+        --system fbank exp/demo/fbank/scores/test.score data/test/trials exp/demo/fbank/sv_model
+
+gives one row per system (encoder, parameters, EER, minDCF) and one DET figure with every system.
 """
 from __future__ import annotations
 
@@ -21,8 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m speechdistill.bin.sv_results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="RESULTS.md to write")
-    parser.add_argument("--list", dest="lists", nargs=3, action="append", required=True,
+    parser.add_argument("--list", dest="lists", nargs=3, action="append", default=[],
                         metavar=("NAME", "SCORES", "TRIALS"), help="a trial list: its name, score file and trials")
+    parser.add_argument("--system", dest="systems", nargs=4, action="append", default=[],
+                        metavar=("NAME", "SCORES", "TRIALS", "MODEL_DIR"),
+                        help="compare systems instead (not with --list): a system's name, its score file on the "
+                             "shared trial list, the trials and its sv_model dir")
+    parser.add_argument("--det", dest="det_png", default=None,
+                        help="with --system: the DET figure of all systems (default: det.png next to the output)")
     parser.add_argument("--title", default=None, help="heading (default: the output's directory name)")
     parser.add_argument("--det-dir", "--det_dir", dest="det_dir", default=None,
                         help="where the DET PNGs go (default: det/ next to the output)")
@@ -42,15 +56,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     from speechdistill.sv.results import ScoredList, write_results
 
     output = Path(args.output)
+    if bool(args.lists) == bool(args.systems):
+        print("sv_results: error: give either --list (trial lists of one system) or --system (systems on one "
+              "trial list), not both and not neither", file=sys.stderr)
+        return 2
     try:
-        rows = write_results([ScoredList(name, Path(scores), Path(trials)) for name, scores, trials in args.lists],
-                             output, title=args.title or f"Speaker verification: {output.parent.resolve().name}",
-                             det_dir=args.det_dir, model_dir=args.model_dir, notes=args.notes,
-                             stage_times=args.stage_times, p_targets=args.p_target)
+        if args.systems:
+            from speechdistill.sv.results import ScoredSystem, write_comparison
+
+            table = write_comparison([ScoredSystem(name, Path(s), Path(t), Path(m)) for name, s, t, m in args.systems],
+                                     output, title=args.title or f"Speaker verification: {output.parent.resolve().name}",
+                                     det_png=args.det_png or output.parent / "det.png", notes=args.notes,
+                                     p_targets=args.p_target)
+        else:
+            rows = write_results([ScoredList(name, Path(scores), Path(trials)) for name, scores, trials in args.lists],
+                                 output, title=args.title or f"Speaker verification: {output.parent.resolve().name}",
+                                 det_dir=args.det_dir, model_dir=args.model_dir, notes=args.notes,
+                                 stage_times=args.stage_times, p_targets=args.p_target)
+            table = sv_results_table(rows)
     except (ValueError, OSError) as exc:
         print(f"sv_results: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    print(sv_results_table(rows), end="")
+    print(table, end="")
     print(f"sv_results: wrote {output}", file=sys.stderr)
     return 0
 

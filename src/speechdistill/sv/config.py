@@ -56,6 +56,9 @@ class SvConfig(TrainerConfig):
     student: str = _opt("oskdft", "student preset name (conf/students/) or YAML path")
     student_encoder: Dict[str, Any] = _opt({}, "EncoderConfig fields changed on top of the preset (e.g. "
                                                "{adapter_dim: 32})")
+    student_init: Optional[Dict[str, Any]] = _opt(
+        None, "what is copied from the teacher (TeacherInit fields, e.g. {feature_extractor: true, layers: [0, 1]}); "
+              "{} copies nothing (a randomly initialised student of the same shape); null = the preset's choice")
     heads_target_layers: Optional[List[int]] = _opt(
         None, "teacher layers the preset's prediction heads predict (2024 preset: 4 8 12); null = the preset's; "
               "set it for a teacher of another depth")
@@ -111,6 +114,8 @@ class SvConfig(TrainerConfig):
             raise ConfigError(f"config.teacher: system '{self.system}' needs a teacher; pass --teacher PATH (our "
                               "model dir, a Hugging Face dir, or a fairseq/s3prl checkpoint; run.sh stage 2 "
                               "imports it to exp/teacher)")
+        if self.system != "oskdft" and self.student_init is not None:
+            raise ConfigError(f"config.student_init only applies to system oskdft, not '{self.system}' (remove it)")
         if self.system != "oskdft" and self.kd_input == "separate":
             raise ConfigError(f"config.kd_input: 'separate' only applies to system oskdft, not '{self.system}'")
         if self.kd_data is not None and self.kd_input != "separate":

@@ -5,6 +5,9 @@ numbers ``speechdistill.bin.compute_eer`` prints: EER and minDCF at every P_targ
 C_miss = C_fa = 1), its DET curve drawn to ``<det_dir>/<name>_det.png``, and everything collected
 in one Markdown file together with what the system is (from ``sv_model.yaml``) and, when the
 recipe recorded them, the run time of each stage.
+
+:func:`write_comparison` does the same for several *systems* scored on one trial list (``make
+demo-sv``): one row per system with its parameter counts, and every DET curve in one figure.
 """
 from __future__ import annotations
 
@@ -29,6 +32,16 @@ class ScoredList:
     name: str
     scores: Path
     trials: Path
+
+
+@dataclass
+class ScoredSystem:
+    """One system of a comparison: its name (table row, DET legend), score file, trials and model dir."""
+
+    name: str
+    scores: Path
+    trials: Path
+    model_dir: Path
 
 
 def _system_lines(model_dir: Path) -> List[str]:
@@ -97,3 +110,63 @@ def write_results(lists: Sequence[ScoredList], output: PathLike, *, title: str, 
         lines += [f"|{stage}|{seconds}|" for stage, seconds in _stage_time_rows(Path(stage_times))]
     atomic_write_text(output, "\n".join(lines) + "\n")
     return rows
+
+
+def _encoder_cells(model_dir: Path) -> Tuple[str, str, str]:
+    """(encoder description, encoder parameters, back-end parameters) of a speaker model dir."""
+    path = model_dir / "sv_model.yaml"
+    if not path.is_file():
+        raise ValueError(f"{path} not found: the system's model dir must hold the sv_model exported by sv_train")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    info = data.get("info") or {}
+    system = data.get("system", "?")
+    if system == "fbank":
+        encoder = "log-mel fbank"
+    elif system == "ssl_frozen":
+        encoder = "frozen teacher, weighted sum of all layers"
+    else:
+        init = info.get("student_init")
+        origin = "random init" if init is not None and not any(init.values()) else "copied from the teacher"
+        encoder = f"student `{info.get('student', '?')}` ({origin})"
+    upstream = int(info.get("upstream_params") or 0)
+    backend = int(info.get("backend_params") or 0)
+    return encoder, f"{upstream:,}" if upstream else "-", f"{backend:,}" if backend else "?"
+
+
+def write_comparison(systems: Sequence[ScoredSystem], output: PathLike, *, title: str, det_png: PathLike,
+                     notes: Sequence[str] = (), p_targets: Sequence[float] = (0.01, 0.05)) -> str:
+    """Compare systems on one trial list: a table row per system (encoder, parameter counts, EER,
+    minDCF per p_target) and one DET figure ``det_png`` with every system; ``output`` is written
+    atomically. Returns the Markdown table."""
+    if not systems:
+        raise ValueError("no system to compare; give at least one --system NAME SCORES TRIALS MODEL_DIR")
+    names = [item.name for item in systems]
+    if len(set(names)) != len(names):
+        raise ValueError(f"system names must be unique, got {names}")
+    trial_lists = {str(item.trials) for item in systems}
+    if len(trial_lists) != 1:
+        raise ValueError(f"systems are compared on one trial list, got {sorted(trial_lists)}")
+    output = Path(output)
+    results: List[VerificationResult] = []
+    curves = []
+    table = ["|system|encoder|encoder params|back-end params|EER (%)|"
+             + "".join(f"minDCF (p={p:g})|" for p in p_targets), "|---" * (5 + len(p_targets)) + "|"]
+    for item in systems:
+        encoder, upstream, backend = _encoder_cells(Path(item.model_dir))
+        result, curve, _ = evaluate_files(item.scores, item.trials, p_targets)
+        results.append(result)
+        curves.append((item.name, curve))
+        table.append(f"|{item.name}|{encoder}|{upstream}|{backend}|{100.0 * result.eer:.3f}|"
+                     + "".join(f"{result.min_dcf[p]:.3f}|" for p in p_targets))
+    first = results[0]
+    plot_det(curves, det_png, title=f"DET: {Path(systems[0].trials)}")
+    lines = [f"# {title}", "", f"Trial list `{systems[0].trials}`: {first.num_targets} target and "
+             f"{first.num_nontargets} nontarget trials; C_miss = C_fa = 1.", ""]
+    lines += table
+    lines += [""] + [f"- {note}" for note in notes]
+    lines += [f"- written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
+              "|system|score file|model|", "|---|---|---|"]
+    lines += [f"|{item.name}|`{item.scores}`|`{item.model_dir}`|" for item in systems]
+    lines += ["", "## DET curves", "", f"![DET curves]({os.path.relpath(det_png, output.parent)})"]
+    atomic_write_text(output, "\n".join(lines) + "\n")
+    return "\n".join(table) + "\n"

@@ -266,10 +266,12 @@ class SvTask:
         return module
 
     def _build_oskdft(self, head_kwargs: Dict[str, Any], log: logging.Logger) -> SvTrainModel:
-        from ..models.students import build_student, load_preset
+        from ..models.students import TeacherInit, build_student, load_preset
 
         cfg = self.config
         preset = load_preset(cfg.student)
+        if cfg.student_init is not None:
+            preset.init_from_teacher = from_dict(TeacherInit, cfg.student_init, where="config.student_init")
         if cfg.heads_target_layers is not None:
             if not preset.heads:
                 raise ConfigError(f"config.heads_target_layers is set but student preset '{preset.name}' has no heads")
@@ -281,6 +283,8 @@ class SvTask:
                         preset.name)
         if student.init_report is not None:
             log.info("student %s: %s", preset.name, student.init_report.summary())
+        else:
+            log.info("student %s: randomly initialised (student_init copies nothing from the teacher)", preset.name)
         if [list(c) for c in encoder.config.conv_layers] != [list(c) for c in self.teacher.config.conv_layers]:
             raise ConfigError(f"student preset '{preset.name}' has another CNN than the teacher, so their frames do "
                               "not line up for distillation; use a preset with encoder_from_teacher: true")
@@ -455,7 +459,8 @@ class SvTask:
     def export(self, model: torch.nn.Module, output_dir: Path) -> None:
         cfg = self.config
         info = {"speakers": len(self.speakers), "train_data": str(cfg.train_data), "teacher": cfg.teacher,
-                "student": cfg.student if cfg.system == "oskdft" else None, "backend": cfg.backend,
+                "student": cfg.student if cfg.system == "oskdft" else None,
+                "student_init": cfg.student_init if cfg.system == "oskdft" else None, "backend": cfg.backend,
                 "speaker_loss": cfg.speaker_loss}
         embedder = self.embedder(model)
         upstream_params = sum(p.numel() for p in embedder.upstream.parameters()) if embedder.upstream else 0

@@ -1,0 +1,117 @@
+"""`make demo-sv` shortened: egs/voxceleb/oskdft/local/demo.sh through the real run.sh on the tiny mini
+VoxCeleb, with the default teacher (stage 2 pretrains a tiny HuBERT because no --teacher is given), a
+few updates per system, and exp/demo/RESULTS.md + det.png comparing the OS-KDFT student with the random
+student (the baselines go through the same run.sh stages in tests/test_recipe_sv.py).
+
+The recipe is copied into a temporary egs/ tree beside a link to the checkout's egs/TEMPLATE, so its
+data/, downloads/ and exp/ land in tmp_path.
+"""
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kaldiio
+import pytest
+import yaml
+
+from speechdistill.data.tables import read_table
+from speechdistill.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+# a few updates of 1 s crops and a small ECAPA on top of the demo configs
+SHORT = ("--max_steps 3 --max_seconds 1.0 --batch_seconds 4.0 --num_buckets 1 --num_workers 0 --log_every 1 "
+         "--ecapa.channels 16 --ecapa.se_bottleneck 8 --ecapa.aggregation_channels 48 "
+         "--ecapa.attention_channels 8 --ecapa.embedding_size 16")
+# a 4-layer teacher of width 32 (the OS-KDFT student takes 4 layers), 3 updates, 8 units
+PRETRAIN = ("--max_steps 3 --encoder.num_layers 4 --encoder.hidden_size 32 --encoder.ffn_size 64 "
+            "--encoder.conv_layers [[32,10,5],[32,3,2],[32,3,2],[32,3,2],[32,3,2],[32,2,2],[32,2,2]] "
+            "--encoder.pos_conv_kernel 16 --final_dim 16 --labels.num_clusters 8 --labels.kmeans_iterations 3 "
+            "--labels.kmeans_init_sample 500 --batch_seconds 4.0 --min_seconds 0.5 --num_workers 0 --log_every 1 "
+            "--threads 1")
+SYSTEMS = ("oskdft", "random_student")
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_sv")
+    for name in ("librispeech/distill", "voxceleb/oskdft"):  # voxceleb's local/ links into librispeech's
+        shutil.copytree(REPO / "egs" / name, root / "egs" / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
+    (root / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
+    return root / "egs" / "voxceleb" / "oskdft"
+
+
+def demo(recipe_dir, *args):
+    env = dict(os.environ, SPEECHDISTILL_ROOT=str(REPO))
+    return subprocess.run(["local/demo.sh", *args], cwd=recipe_dir, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def comparison_rows(path):
+    """system -> (encoder cell, EER %, minDCF 0.01, minDCF 0.05) from the demo's RESULTS.md table."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^\|(\w+)\|([^|]+)\|[0-9,-]+\|[0-9,]+\|([0-9.]+)\|([0-9.]+)\|([0-9.]+)\|$", line)
+        if match:
+            rows[match.group(1)] = (match.group(2),) + tuple(float(match.group(i)) for i in (3, 4, 5))
+    return rows
+
+
+def test_demo_sv_shortened(recipe):
+    done = demo(recipe, "--mini_size", "tiny", "--systems", " ".join(SYSTEMS), "--ngpu", "0",
+                "--pretrain_args", PRETRAIN, "--sv_args", SHORT, "--progress_every", "4")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+
+    # stage 2 pretrained the default teacher (HF export) and imported it like a real one
+    assert "no --teacher given: pretraining a tiny HuBERT" in output
+    marker = (recipe / "exp/teacher/.stage2.done").read_text()
+    hf_dir = recipe / "exp/pretrain_hubert/hf"
+    assert f"teacher={hf_dir.resolve()}" in marker.splitlines() and "pretrained=conf/demo/pretrain_hubert.yaml" in marker
+    assert (hf_dir / "config.json").is_file()
+    teacher = load_model(recipe / "exp/teacher")
+    assert teacher.num_layers == 4 and teacher.config.hidden_size == 32
+
+    # every system went through stages 3-5 in its own exp dir
+    test_utts = read_table(recipe / "data/test/wav.scp")
+    for system in SYSTEMS:
+        exp = recipe / "exp/demo" / system
+        assert [line.split()[0] for line in (exp / "stage_times.txt").read_text().splitlines()] == ["3", "4", "5"]
+        embeddings = kaldiio.load_scp(str(exp / "embeddings/test/xvector.scp"))
+        assert set(embeddings) == set(test_utts) and embeddings[next(iter(embeddings))].shape == (16,)
+    student = yaml.safe_load((recipe / "exp/demo/oskdft/sv_model/sv_model.yaml").read_text())["info"]
+    random_student = yaml.safe_load((recipe / "exp/demo/random_student/sv_model/sv_model.yaml").read_text())["info"]
+    assert student["student_init"] is None and random_student["student_init"] == {}
+    assert student["upstream_params"] == random_student["upstream_params"] > 0  # the same architecture
+    assert "adapter_dim: 64" in (recipe / "exp/demo/oskdft/sv_model/upstream/config.yaml").read_text()
+    assert "randomly initialised" in (recipe / "exp/demo/random_student/train.log").read_text()
+    assert "copied" in (recipe / "exp/demo/oskdft/train.log").read_text()
+
+    # the comparison: one row per system, the same numbers compute_eer wrote, one DET figure
+    rows = comparison_rows(recipe / "exp/demo/RESULTS.md")
+    assert list(rows) == list(SYSTEMS)
+    assert rows["oskdft"][0] == "student `oskdft` (copied from the teacher)"
+    assert rows["random_student"][0] == "student `oskdft` (random init)"
+    for system, (_, eer, dcf01, dcf05) in rows.items():
+        assert f"EER = {eer:.3f}" in (recipe / "exp/demo" / system / "scores/test.eer").read_text()
+        assert 0.0 <= eer <= 100.0 and 0.0 <= dcf01 <= 1.0 + 1e-9 and 0.0 <= dcf05 <= 1.0 + 1e-9
+    assert (recipe / "exp/demo/det.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![DET curves](det.png)" in (recipe / "exp/demo/RESULTS.md").read_text()
+    assert "|random_student|student `oskdft` (random init)|" in done.stdout  # the table is printed at the end
+
+    # a rerun (here of one system) trains nothing and reports the same numbers
+    again = demo(recipe, "--mini_size", "tiny", "--systems", "oskdft", "--ngpu", "0",
+                 "--pretrain_args", PRETRAIN, "--sv_args", SHORT)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "keeping the teacher pretrained earlier" in again.stdout
+    assert "already trained with these settings; kept" in (recipe / "exp/demo/log/oskdft.log").read_text()
+    assert "is up to date" in (recipe / "exp/demo/log/oskdft.log").read_text()
+    assert comparison_rows(recipe / "exp/demo/RESULTS.md") == {"oskdft": rows["oskdft"]}
+
+
+def test_demo_sv_names_an_unknown_system(recipe):
+    done = demo(recipe, "--systems", "oskdft nosuch")
+    assert done.returncode == 1
+    assert "no conf/demo/nosuch.yaml; systems: ecapa_fbank oskdft random_student ssl_frozen" in done.stdout
