@@ -1,0 +1,37 @@
+"""Save a randomly initialised copy of a student: the same architecture and heads, fresh weights.
+
+    python -m speechdistill.bin.random_student --student exp/distill_x/student --out exp/distill_x/random_student
+
+The baseline a distilled student is compared with (stages 4-6 with --compare true): the weights
+are what the encoder and heads constructors draw under --seed, nothing copied from a teacher.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from speechdistill.train.cli import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m speechdistill.bin.random_student", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", type=Path, required=True, help="our model dir (a distilled student)")
+    parser.add_argument("--out", type=Path, required=True, help="model dir to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation (default 0)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from speechdistill.distill.report import save_random_student
+
+    save_random_student(args.student, args.out, seed=args.seed)
+    print(f"random_student: {args.out} (architecture of {args.student}, seed {args.seed})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, prog="random_student")
