@@ -28,20 +28,8 @@ from torch import nn
 
 from ..models.config import EncoderConfig
 from ..models.encoder import Encoder
+from ..models.grad import grad_multiply
 from ..models.heads import PredictionHeads
-
-
-class _ScaleGradient(torch.autograd.Function):
-    """fairseq's GradMultiply: identity forward, gradient times ``scale`` backward."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.scale = scale
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad * ctx.scale, None
 
 
 class EagerConvFeatures(nn.Module):
@@ -161,7 +149,7 @@ class EagerEncoder(nn.Module):
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
         features = self.features(wavs)  # [B, C, N]
         if self.config.feature_grad_mult != 1.0 and features.requires_grad:
-            features = _ScaleGradient.apply(features, self.config.feature_grad_mult)
+            features = grad_multiply(features, self.config.feature_grad_mult)
         x = features.transpose(1, 2)  # [B, N, C]
         if self.feature_norm is not None:
             x = self.feature_norm(x)

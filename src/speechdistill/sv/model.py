@@ -22,9 +22,6 @@ A trained system is saved as a directory (written under a temporary name, then r
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -37,6 +34,7 @@ from ..downstream.ecapa import EcapaConfig, EcapaTdnn, MeanStdBackendConfig, Mea
 from ..downstream.featurizer import Featurizer, FeaturizerConfig
 from ..downstream.frontend import Fbank, FbankConfig
 from ..losses.aam import AamSoftmax, SoftmaxSpeakerHead, SpeakerLossOutput
+from ..models.checkpoints import write_directory_atomically
 
 SV_FORMAT = "speechdistill-sv"
 SV_FORMAT_VERSION = 1
@@ -223,23 +221,6 @@ class SvTrainModel(nn.Module):
 # Model directory
 # ---------------------------------------------------------------------------------------------
 
-def _atomic_directory(out_dir: Path, write) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=str(out_dir.parent)))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=str(out_dir.parent)))
-            os.replace(out_dir, old / "previous")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_sv_model(embedder: SpeakerEmbedder, out_dir: PathLike, *, system: str,
                   info: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``embedder`` as a speaker-verification model directory (atomically).
@@ -282,7 +263,7 @@ def save_sv_model(embedder: SpeakerEmbedder, out_dir: PathLike, *, system: str,
         (tmp / SV_CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False, default_flow_style=None),
                                           encoding="utf-8")
 
-    _atomic_directory(out, write)
+    write_directory_atomically(out, write)
     return out
 
 
