@@ -1,5 +1,7 @@
 """Shared pytest fixtures. Tests make their own small real files under tmp_path."""
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,3 +19,35 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+def copy_librispeech_recipe(root: Path) -> Path:
+    """``root/egs/librispeech/distill``: a copy of the recipe without its data/exp/downloads/dump,
+    beside a link to the checkout's egs/TEMPLATE, so that everything it writes lands under ``root``."""
+    target = root / "egs" / "librispeech" / "distill"
+    shutil.copytree(REPO / "egs" / "librispeech" / "distill", target, symlinks=True,
+                    ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
+    (root / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
+    return target
+
+
+def run_recipe(recipe: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``./run.sh ARGS`` in ``recipe`` on one thread per job, outside any torchrun/Slurm environment."""
+    env = dict(os.environ, SPEECHDISTILL_ROOT=str(REPO), OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
+        env.pop(name, None)
+    return subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def librispeech_tiny_stages_0_1(tmp_path_factory) -> Path:
+    """A copy of egs/librispeech/distill (outside the working tree) after ``run.sh --stage 0
+    --stop_stage 1 --mini_size tiny`` from scratch: the tiny mini LibriSpeech, MUSAN and RIRs are
+    synthesized under its downloads/mini and prepared as data dirs. tests/test_recipe_distill.py
+    runs its presets in it; tests/test_demo.py copies its downloads/mini (the synthesis, the same
+    for the same size and seed) and prepares its own data dirs from them."""
+    recipe = copy_librispeech_recipe(tmp_path_factory.mktemp("recipe"))
+    result = run_recipe(recipe, "--stage", "0", "--stop_stage", "1", "--mini_size", "tiny")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "mini librispeech: built" in result.stdout, result.stdout[-4000:]
+    return recipe

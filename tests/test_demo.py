@@ -1,6 +1,7 @@
 """End to end: the demo (``make demo`` = ``run.sh --demo true``) shortened to seconds, every stage.
 
-A copy of egs/librispeech/distill runs stages 0-6 with ``--demo true`` on the tiny mini corpora:
+A copy of egs/librispeech/distill runs stages 0-6 with ``--demo true`` on the tiny mini corpora
+(synthesized once per session by conftest.py's stage 0-1 run; stages 0-1 here prepare the data dirs):
 the teacher is trained from scratch by pretrain_hubert (stage 2 without --teacher) and imported,
 the DistilHuBERT preset is scaled to it (conf/demo), three ASR probes are trained and decoded
 (student, teacher, random student), and stage 6 writes RESULTS.md and the PNGs. Every training
@@ -10,18 +11,19 @@ together, not about quality (the README's demo numbers come from the full-size r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import soundfile
 import torch
+import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distill_common import REPO  # noqa: E402
+from conftest import copy_librispeech_recipe, run_recipe  # noqa: E402
 
 from speechdistill import load_model  # noqa: E402
 from speechdistill.models.checkpoints import load_heads  # noqa: E402
@@ -35,11 +37,8 @@ ASR_ARGS = "--max_steps 2 --valid_every 0 --batch_seconds 10 --num_workers 0 --l
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _run(recipe: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SPEECHDISTILL_ROOT=str(REPO), OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
-        env.pop(name, None)
-    return subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True, timeout=timeout)
+def _run(recipe: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_recipe(recipe, *args, timeout=600)
 
 
 def _output(result: subprocess.CompletedProcess) -> str:
@@ -53,13 +52,14 @@ DEMO_ARGS = ["--demo", "true", "--mini_size", "tiny", "--ngpu", "0", "--threads"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A recipe copy (outside the working tree) after one shortened demo run; returns (recipe, result)."""
-    root = tmp_path_factory.mktemp("demo")
-    recipe = root / "egs" / "librispeech" / "distill"
-    shutil.copytree(REPO / "egs" / "librispeech" / "distill", recipe, symlinks=True,
-                    ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
-    (root / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
+def demo(tmp_path_factory, librispeech_tiny_stages_0_1):
+    """A recipe copy (outside the working tree) after one shortened demo run; returns (recipe, result).
+
+    The copy starts without data/ and exp/; only downloads/mini, the tiny mini corpora synthesized
+    by the session's stage 0-1 run (conftest.py, the same size and seed), is copied in, so that
+    stages 0-1 find them built and prepare the data dirs from them."""
+    recipe = copy_librispeech_recipe(tmp_path_factory.mktemp("demo"))
+    shutil.copytree(librispeech_tiny_stages_0_1 / "downloads" / "mini", recipe / "downloads" / "mini", symlinks=True)
     result = _run(recipe, *DEMO_ARGS)  # no --stage/--stop_stage: the defaults are 0 and the last stage
     return recipe, result
 
@@ -70,6 +70,9 @@ def test_the_demo_runs_every_stage_and_prints_the_table(demo):
     for stage in range(7):
         assert f"stage {stage}:" in result.stdout, f"stage {stage} did not run\n{_output(result)}"
     assert "no --teacher given: training a HuBERT-style teacher from scratch" in result.stdout
+    assert "mini librispeech: already built, kept" in result.stdout  # the session's synthesis (fixture)
+    for name in ("train", "dev", "test", "musan_noise", "rirs"):
+        assert (recipe / "data" / name / ".prep_done").is_file(), name  # prepared by this run's stages 0-1
     assert "ngpu 0" in result.stdout and "done (stages 0-6)" in result.stdout
     results = (recipe / "exp/demo/RESULTS.md").read_text()
     assert results in result.stdout  # printed as written
@@ -127,6 +130,43 @@ def test_results_json_has_the_measurements(demo):
     heads, random_heads = (load_heads(recipe / "exp/demo/distill_distilhubert/student"), load_heads(random_dir))
     assert heads.config == random_heads.config
     assert not torch.equal(next(heads.parameters()), next(random_heads.parameters()))
+
+
+def test_the_reported_held_out_cosine_is_recomputed_from_the_saved_models(demo):
+    """results.json's cosine, recomputed here without the distillation task: each held-out (data/dev)
+    utterance alone through the teacher and through each student with its saved prediction heads,
+    the cosine of every frame of head k against teacher layer k, averaged over the utterance, then
+    over the utterances. The report batches the utterances with padding: agreement to 1e-5."""
+    recipe, _ = demo
+    rows = {r["name"]: r for r in json.loads((recipe / "exp/demo/results.json").read_text())}
+    teacher = load_model(recipe / "exp/demo/teacher").eval()
+    paths = [line.split(maxsplit=1)[1] for line in (recipe / "data/dev/wav.scp").read_text().splitlines()]
+    utterances = []
+    for path in paths:
+        audio, rate = soundfile.read(path, dtype="float32")
+        assert rate == 16000 and len(audio) < 20 * rate  # whole utterances: the report's 20 s cut does not apply
+        utterances.append(torch.from_numpy(audio)[None])  # [1, T]
+    assert len(utterances) >= 2
+    for name, subdir in (("student", "student"), ("random student", "random_student")):
+        student_dir = recipe / "exp/demo/distill_distilhubert" / subdir
+        student, heads = load_model(student_dir).eval(), load_heads(student_dir).eval()
+        # DistilHuBERT: three heads on the student's last layer predict teacher layers 4, 8 and 12
+        assert list(heads.config.source_layers) == [student.config.num_layers]
+        assert list(heads.config.target_layers) == [4, 8, 12]
+        per_layer = {layer: [] for layer in heads.config.target_layers}
+        with torch.no_grad():
+            for wavs in utterances:
+                target = teacher(wavs).hidden_states
+                predictions = heads(student(wavs).hidden_states[-1])  # [1, 3, N, D]
+                for k, layer in enumerate(heads.config.target_layers):
+                    assert predictions[0, k].shape == target[layer][0].shape
+                    frames = F.cosine_similarity(predictions[0, k], target[layer][0], dim=-1)  # [N]
+                    per_layer[layer].append(float(frames.mean()))
+        expected = {str(layer): sum(values) / len(values) for layer, values in per_layer.items()}
+        reported = rows[name]["cosine"]
+        assert sorted(reported) == sorted(expected)
+        for layer, value in expected.items():
+            assert abs(reported[layer] - value) < 1e-5, (name, layer, reported[layer], value)
 
 
 def test_the_demo_config_is_the_preset_scaled_to_the_teacher(demo):

@@ -1,20 +1,20 @@
 """End to end: egs/librispeech/distill stages 2-3 for every method preset, from a clean recipe copy.
 
-Stages 0-1 build the tiny embedded mini corpora once; the teachers are random-weight models of
-the real shapes saved in Hugging Face format with transformers (HubertModel Base; WavLMModel
-Base(+) for the WavLM presets), imported once each by stage 2. Every preset then runs stages 2-3
-on CPU with ``--distill_args "--max_steps 20 ..."`` (crops of 0.5 s, batches of 1 s, no
-accumulation) and must leave a student directory that ``speechdistill.load_model`` loads,
-whose size is the published one where the preset's size is fixed (pruned students aside).
-The preset runs are independent single-threaded processes, so they run two at a time (one per
-core of the CI machine), the two-step DPHuBERT chains first. Stage 2 without --teacher (a teacher
-trained here) and reruns that keep every product are covered by tests/test_demo.py.
+Stages 0-1 build the tiny embedded mini corpora once (conftest.py); the teachers are random-weight
+models of the real shapes saved in Hugging Face format with transformers (HubertModel Base;
+WavLMModel Base(+) for the WavLM presets), imported once each by stage 2. Every preset then runs
+stages 2-3 on CPU with ``--distill_args "--max_steps 6 ..."`` (crops of 0.5 s, batches of 1 s, no
+accumulation; six updates cross an epoch boundary of the 8 training utterances, with a log record
+every 3 updates and a checkpoint at the end) and must leave a student directory that
+``speechdistill.load_model`` loads, whose size is the published one where the preset's size is
+fixed (pruned students aside). The preset runs are independent single-threaded processes, so they
+run two at a time (one per core of the CI machine), the two-step DPHuBERT chains first. Stage 2
+without --teacher (a teacher trained here) and reruns that keep every product are covered by
+tests/test_demo.py.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -25,23 +25,18 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distill_common import FIRST_STAGE_PRESETS, REPO  # noqa: E402
+from conftest import run_recipe as _run  # noqa: E402
+from test_distill_common import FIRST_STAGE_PRESETS  # noqa: E402
 
 from speechdistill import load_model  # noqa: E402
 from speechdistill.models.checkpoints import load_heads  # noqa: E402
 from speechdistill.models.students import load_preset  # noqa: E402
 
 WAVLM_PRESETS = {"armwavlm_s", "rd_dpwavlm"}
-TINY_ARGS = ("--max_steps 20 --batch_seconds 1.0 --max_seconds 0.5 --min_seconds 0.3 --accum_steps 1 "
+STEPS = 6
+TINY_ARGS = (f"--max_steps {STEPS} --batch_seconds 1.0 --max_seconds 0.5 --min_seconds 0.3 --accum_steps 1 "
              "--precision fp32 --teacher_precision fp32 --num_workers 0 --threads 1 --valid_at_start false "
-             "--valid_every 0 --log_every 10 --checkpoint_every 20")
-
-
-def _run(recipe: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SPEECHDISTILL_ROOT=str(REPO), OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
-        env.pop(name, None)
-    return subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True, timeout=timeout)
+             f"--valid_every 0 --log_every {STEPS // 2} --checkpoint_every {STEPS}")
 
 
 def _output(result: subprocess.CompletedProcess) -> str:
@@ -49,16 +44,10 @@ def _output(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="session")
-def recipe(tmp_path_factory):
-    """A copy of the recipe (outside the working tree) with stages 0-1 done on the tiny mini corpora."""
-    root = tmp_path_factory.mktemp("recipe")
-    target = root / "egs" / "librispeech" / "distill"
-    shutil.copytree(REPO / "egs" / "librispeech" / "distill", target, symlinks=True,
-                    ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
-    (root / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
-    result = _run(target, "--stage", "0", "--stop_stage", "1", "--mini_size", "tiny")
-    assert result.returncode == 0, _output(result)
-    return target
+def recipe(librispeech_tiny_stages_0_1):
+    """A copy of the recipe (outside the working tree) with stages 0-1 done on the tiny mini corpora
+    (conftest.py; its data dirs are only read here and by tests/test_demo.py)."""
+    return librispeech_tiny_stages_0_1
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +111,7 @@ def test_stages_2_3_produce_a_loadable_student(name, recipe, preset_runs):
         assert size == preset.published_params
     records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in records if "loss" in r]
-    assert trained[-1]["step"] == 20
+    assert [r["step"] for r in trained] == [STEPS // 2, STEPS]
     assert trained[-1]["audio_sec_per_sec"] > 0
     summary = json.loads((exp / "distill_summary.json").read_text())
     assert summary["teacher_forward_audio_sec_per_sec"] > 0
@@ -135,7 +124,7 @@ def test_two_processes_through_torchrun(recipe, hf_teachers, preset_runs):
     name = "distilhubert"
     result = _run(recipe, "--stage", "2", "--stop_stage", "3", "--ngpu", "2", *_teacher_args(name, hf_teachers),
                   "--distill_config", f"conf/{name}.yaml", "--distill_exp", "exp/distill_torchrun",
-                  "--distill_args", TINY_ARGS.replace("--max_steps 20", "--max_steps 2") + " --device cpu")
+                  "--distill_args", TINY_ARGS.replace(f"--max_steps {STEPS}", "--max_steps 2") + " --device cpu")
     assert result.returncode == 0, _output(result)
     log = (recipe / "exp" / "distill_torchrun" / "train.log").read_text()
     assert "launcher torchrun: rank 0 of 2" in log
