@@ -246,3 +246,66 @@ def test_relative_position_buckets_follow_the_t5_formula():
         return sign + min(159, 80 + int(math.log(d / 80) / math.log(800 / 80) * 80))
     for query, key in ((0, 0), (5, 0), (0, 5), (0, 79), (0, 80), (100, 0), (0, 500), (999, 0), (0, 999)):
         assert int(buckets[query, key]) == bucket(key - query), (query, key)
+
+
+@pytest.mark.parametrize("kernel", [16, 15])
+def test_positional_conv_fft_path_matches_conv1d_across_cached_sizes_and_weight_updates(kernel):
+    """The CPU inference path (FFT, spectra kept per size) equals the conv1d training path, for batches
+    of alternating lengths (cache hits and evictions) and after the weights change in place."""
+    from speechdistill.models.components import SPECTRUM_CACHE_SIZES, PositionalConv
+    torch.manual_seed(0)
+    conv = PositionalConv(hidden_size=32, kernel=kernel, groups=4)
+    with torch.no_grad():
+        conv.bias.normal_()
+        conv.weight_g.uniform_(0.5, 2.0)
+
+    def reference(x):  # the direct grouped convolution, written out here ("same" padding, even k drops a frame)
+        with torch.no_grad():
+            y = F.conv1d(x.transpose(1, 2), conv.weight(), conv.bias, padding=kernel // 2, groups=4)
+            return F.gelu(y[:, :, :x.shape[1]]).transpose(1, 2)
+
+    frame_counts = [7, 40, 7, 23, 40, 61, 90, 118, 7]  # > SPECTRUM_CACHE_SIZES distinct FFT sizes
+    assert len({n for n in frame_counts}) > SPECTRUM_CACHE_SIZES
+    for frames in frame_counts:
+        x = torch.randn(2, frames, 32)
+        with torch.no_grad():
+            fast = conv(x)
+        torch.testing.assert_close(fast, reference(x), rtol=1e-4, atol=1e-5)
+        assert len(conv._spectrum_cache[1]) <= SPECTRUM_CACHE_SIZES
+    assert len(conv._spectrum_cache[1]) == SPECTRUM_CACHE_SIZES
+    with torch.no_grad():
+        conv.weight_v.mul_(-1.5)  # in-place update: the cached spectra are stale
+        x = torch.randn(1, 7, 32)
+        fast = conv(x)
+    torch.testing.assert_close(fast, reference(x), rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_weight_casts_are_kept_and_give_what_autocast_gives():
+    """A frozen model under bf16 autocast keeps bf16 copies of its projection weights: each product
+    equals autocast's own (which casts the fp32 weight inside F.linear), the copies are reused by the
+    next forward, and an in-place weight update is seen by the next forward."""
+    from speechdistill.models.components import frozen_linear, frozen_operands
+    ours = ours_from_hf(hf_model("hubert", **SMALL))
+    wavs, lengths = batch([8000, 5000])
+    attention = ours.layers[0].attention
+    fc1 = ours.layers[0].feed_forward.fc1
+    x = torch.randn(2, 7, fc1.in_features)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias))
+        weight, bias = attention._fused_projection()
+        assert weight.dtype == torch.bfloat16 and bias.dtype == torch.bfloat16
+        parts = (attention.q_proj, attention.k_proj, attention.v_proj)
+        assert torch.equal(F.linear(x, weight, bias),
+                           F.linear(x, torch.cat([m.weight for m in parts]), torch.cat([m.bias for m in parts])))
+        cached = ours(wavs, lengths).hidden_states
+        kept = fc1.__dict__["_frozen_operands"]["linear"][1][0]
+        assert kept.dtype == torch.bfloat16
+        again = ours(wavs, lengths).hidden_states
+        assert fc1.__dict__["_frozen_operands"]["linear"][1][0] is kept  # reused, not re-cast
+        assert all(torch.equal(a, b) for a, b in zip(cached, again))
+        fc1.weight.mul_(0.5)
+        changed = ours(wavs, lengths).hidden_states
+        assert fc1.__dict__["_frozen_operands"]["linear"][1][0] is not kept
+        assert not torch.equal(changed[-1], cached[-1])
+    with torch.no_grad():  # autocast off: fp32 operands, not the bf16 copies
+        assert frozen_operands(fc1, "linear", (fc1.weight, fc1.bias), tuple)[0].dtype == torch.float32

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,8 @@ from .hardconcrete import HardConcreteGate
 CONV_NORM_EPS = 1e-5
 # Largest conv window (k * C_in) whose GroupNorm statistics are derived from window moments.
 FOLDED_NORM_MAX_WINDOW = 64
+# FFT sizes whose positional-conv kernel spectrum a frozen model keeps (HuBERT Base: 0.3 MB per FFT bin, ~130 MB for a 15 s input).
+SPECTRUM_CACHE_SIZES = 4
 
 
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -36,6 +38,43 @@ def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return tensor.dtype
+
+
+def frozen_operands(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
+                    combine: Callable[[Sequence[torch.Tensor]], Tuple[torch.Tensor, ...]]) -> Tuple[torch.Tensor, ...]:
+    """``combine(parts)`` (e.g. a weight and bias, or concatenated Q/K/V weights), kept on ``owner``
+    and reused while the parameters are unchanged, already in the autocast dtype when autocast is on.
+
+    Only without autograd (a frozen teacher, inference): re-concatenating or re-casting a HuBERT
+    Base's 85 M weights costs each forward ~15 ms on a CPU, 10 % of a 4 s bf16 forward. A cast here
+    equals the one autocast would do inside the matrix product (weights and biases both go to the
+    autocast dtype), so results do not change. The cache is keyed on storage, version counter,
+    dtype, device and autocast dtype; an in-place update or ``.to()`` invalidates it.
+    """
+    if (torch.is_grad_enabled() and any(p.requires_grad for p in parts)) or torch.compiler.is_compiling() \
+            or any(p.is_inference() for p in parts):  # (inference tensors have no version counter)
+        return combine(parts)
+    device_type = parts[0].device.type
+    cast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    key = (cast,) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
+    cache = owner.__dict__.setdefault("_frozen_operands", {})
+    cached = cache.get(slot)
+    if cached is None or cached[0] != key:
+        # normal tensors even under inference_mode, so that a later grad-enabled call may use them
+        with torch.inference_mode(False), torch.no_grad():
+            values = combine(parts)
+            if cast is not None:
+                values = tuple(v.to(cast) if v.dtype == torch.float32 else v for v in values)
+        cached = (key, values)
+        cache[slot] = cached
+    return cached[1]
+
+
+def frozen_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with the weight cast kept while frozen (:func:`frozen_operands`)."""
+    parts = (module.weight,) if module.bias is None else (module.weight, module.bias)
+    operands = frozen_operands(module, "linear", parts, tuple)
+    return F.linear(x, operands[0], operands[1] if len(operands) > 1 else None)
 
 
 def linear(in_features: int, out_features: int) -> nn.Linear:
@@ -351,33 +390,37 @@ class PositionalConv(nn.Module):
         self.weight_v = nn.Parameter(weight)
         self.weight_g = nn.Parameter(torch.linalg.vector_norm(weight, dim=(0, 1), keepdim=True))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
-        self._spectrum_cache: Optional[Tuple[tuple, torch.Tensor]] = None
+        self._spectrum_cache: Optional[Tuple[tuple, Dict[int, torch.Tensor]]] = None
 
     def weight(self) -> torch.Tensor:
         """Effective kernel [D, D / groups, k]."""
-        norm = torch.linalg.vector_norm(self.weight_v, dim=(0, 1), keepdim=True)
+        # The norm per tap over (out, in): one column reduction of the contiguous [D * D/groups, k] view.
+        norm = torch.linalg.vector_norm(self.weight_v.flatten(0, 1), dim=0).view(1, 1, -1)
         return self.weight_v * (self.weight_g / norm)
 
     def _kernel_spectrum(self, size: int) -> torch.Tensor:
-        """rfft of the kernel laid out for circular convolution: [F, groups, C_in, C_out] complex.
+        """rfft of the reversed kernel zero-padded to ``size``: [F, groups, C_in, C_out] complex.
 
-        Output t = sum_j w[j] x[t + j - pad] = sum_u x[u] h[t - u] with h[s] = w[pad - s], so
-        h is the reversed kernel placed at offsets -(k - 1 - pad) .. pad modulo ``size``."""
-        key = (size, self.weight_v.device, id(self.weight_v), self.weight_v.data_ptr(), self.weight_v._version,
+        Output t = sum_j w[j] x[t + j - pad] is sample t + k - 1 - pad of the linear convolution of x
+        with h[i] = w[k - 1 - i]; ``size`` >= frames + k - 1 keeps that range free of wrap-around.
+        Spectra of a frozen kernel are kept for the last few sizes: batches of different lengths
+        alternate, and recomputing a spectrum costs more than the convolution it serves."""
+        key = (self.weight_v.device, id(self.weight_v), self.weight_v.data_ptr(), self.weight_v._version,
                id(self.weight_g), self.weight_g._version)
-        if self._spectrum_cache is not None and self._spectrum_cache[0] == key:
-            return self._spectrum_cache[1]
+        if self._spectrum_cache is None or self._spectrum_cache[0] != key:
+            self._spectrum_cache = (key, {})
+        spectra = self._spectrum_cache[1]
+        if size in spectra:
+            spectra[size] = spectra.pop(size)  # most recently used last
+            return spectra[size]
         weight = self.weight().float()  # [D_out, C_in, k]
-        d_out, c_in, k = weight.shape
-        pad = k // 2
-        circular = torch.zeros(d_out, c_in, size, device=weight.device)
-        reversed_kernel = weight.flip(-1)  # index i holds w[k - 1 - i], i.e. h at offset i - (k - 1 - pad)
-        offsets = (torch.arange(k, device=weight.device) - (k - 1 - pad)) % size
-        circular[:, :, offsets] = reversed_kernel
-        spectrum = torch.fft.rfft(circular, dim=-1)  # [D_out, C_in, F]
+        d_out, c_in, _ = weight.shape
+        spectrum = torch.fft.rfft(weight.flip(-1), n=size, dim=-1)  # [D_out, C_in, F]
         groups = self.groups
         spectrum = spectrum.view(groups, d_out // groups, c_in, -1).permute(3, 0, 2, 1).contiguous()
-        self._spectrum_cache = (key, spectrum)
+        while len(spectra) >= SPECTRUM_CACHE_SIZES:
+            spectra.pop(next(iter(spectra)))
+        spectra[size] = spectrum
         return spectrum
 
     def _fft_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -389,7 +432,8 @@ class PositionalConv(nn.Module):
             signal = signal.view(batch, -1, self.groups, channels // self.groups).permute(1, 2, 0, 3)
             mixed = torch.matmul(signal, spectrum)  # [F, G, B, C_out]
             mixed = mixed.permute(2, 0, 1, 3).reshape(batch, -1, channels)
-            y = torch.fft.irfft(mixed, n=size, dim=1)[:, :frames] + self.bias.float()
+            offset = self.kernel - 1 - self.kernel // 2
+            y = torch.fft.irfft(mixed, n=size, dim=1)[:, offset:offset + frames] + self.bias.float()
             return F.gelu(y).to(compute_dtype(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -460,24 +504,12 @@ class SelfAttention(nn.Module):
         self.head_gate = HardConcreteGate(num_heads, init_drop_prob=0.01) if (prunable and num_heads) else None
 
     def _fused_projection(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Q, K and V weights [3 * inner, D] and biases [3 * inner] as one projection.
-
-        Without autograd (a frozen teacher, inference) the concatenation is kept and reused while
-        the parameters are unchanged (same storage, no in-place update): re-concatenating 12 x 7 MB
-        per forward costs a HuBERT Base CPU forward of 1 s of audio about 5 %."""
+        """Q, K and V weights [3 * inner, D] and biases [3 * inner] as one projection (kept while
+        frozen: :func:`frozen_operands`)."""
         parts = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
                  self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
-        if (torch.is_grad_enabled() and any(p.requires_grad for p in parts)) or torch.compiler.is_compiling() \
-                or any(p.is_inference() for p in parts):  # (inference tensors have no version counter)
-            return torch.cat(parts[:3]), torch.cat(parts[3:])
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
-        cached = self.__dict__.get("_fused_cache")
-        if cached is None or cached[0] != key:
-            # a normal tensor even under inference_mode, so that a later grad-enabled call may use it
-            with torch.inference_mode(False), torch.no_grad():
-                cached = (key, torch.cat(parts[:3]), torch.cat(parts[3:]))
-            self.__dict__["_fused_cache"] = cached
-        return cached[1], cached[2]
+        weight, bias = frozen_operands(self, "qkv", parts, lambda p: (torch.cat(p[:3]), torch.cat(p[3:])))
+        return weight, bias
 
     def _gated_bias(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
         """WavLM: bias [H_total, N, N] scaled per head and query by a gate read off the input."""
@@ -551,7 +583,7 @@ class SelfAttention(nn.Module):
         if self.head_gate is not None:
             out = out * self.head_gate().to(out.dtype).view(1, heads, 1, 1)
         out = out.transpose(1, 2).reshape(batch, frames, heads * dim)
-        return self.out_proj(out), probs
+        return frozen_linear(self.out_proj, out), probs
 
 
 class FeedForward(nn.Module):
@@ -567,13 +599,13 @@ class FeedForward(nn.Module):
         self.unit_gate = HardConcreteGate(ffn_size, init_drop_prob=0.5) if (prunable and ffn_size) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
+        h = frozen_linear(self.fc1, x)
         # In-place when nothing needs the pre-activation (inference): no second large buffer.
         h = torch.ops.aten.gelu_(h) if not (torch.is_grad_enabled() and h.requires_grad) else F.gelu(h)
         h = self.activation_dropout(h)
         if self.unit_gate is not None:
             h = h * self.unit_gate().to(h.dtype)
-        return self.dropout(self.fc2(h))
+        return self.dropout(frozen_linear(self.fc2, h))
 
 
 class ParallelAdapter(nn.Module):

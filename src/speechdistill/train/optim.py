@@ -106,8 +106,12 @@ def build_optimizer(model: torch.nn.Module, groups: Iterable[Dict[str, Any]], co
     if missing:
         raise ConfigError(f"{len(missing)} trainable parameter(s) are in no optimizer group, e.g. "
                           f"{', '.join(missing[:5])}; add them to Task.param_groups or set requires_grad=False")
+    # The fused kernel updates every tensor in one pass over its memory; the default per-tensor loop
+    # on a CPU runs ~10 ops per tensor and was 7 % of a DistilHuBERT step (benchmark profile).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for group in prepared for p in group["params"])
     optimizer = torch.optim.AdamW(prepared, lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     return optimizer, scheduler
 
