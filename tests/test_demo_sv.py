@@ -1,7 +1,9 @@
 """`make demo-sv` shortened: egs/voxceleb/oskdft/local/demo.sh through the real run.sh on the tiny mini
 VoxCeleb, with the default teacher (stage 2 pretrains a tiny HuBERT because no --teacher is given), a
 few updates per system, and exp/demo/RESULTS.md + det.png comparing the OS-KDFT student with the random
-student (the baselines go through the same run.sh stages in tests/test_recipe_sv.py).
+student (the baselines go through the same run.sh stages in tests/test_recipe_sv.py). The table's EER and
+minDCF are recomputed from the score files and the trial list without speechdistill.metrics, and the scores
+from the embeddings.
 
 The recipe is copied into a temporary egs/ tree beside a link to the checkout's egs/TEMPLATE, so its
 data/, downloads/ and exp/ land in tmp_path.
@@ -13,10 +15,14 @@ import subprocess
 from pathlib import Path
 
 import kaldiio
+import numpy as np
 import pytest
 import yaml
+from scipy.optimize import brentq
+from sklearn.metrics import roc_curve
 
 from speechdistill.data.tables import read_table
+from speechdistill.metrics.verification import det_axis_range, det_curve, plot_det
 from speechdistill.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +103,29 @@ def test_demo_sv_shortened(recipe):
     for system, (_, eer, dcf01, dcf05) in rows.items():
         assert f"EER = {eer:.3f}" in (recipe / "exp/demo" / system / "scores/test.eer").read_text()
         assert 0.0 <= eer <= 100.0 and 0.0 <= dcf01 <= 1.0 + 1e-9 and 0.0 <= dcf05 <= 1.0 + 1e-9
+    # ... and those numbers are right: recomputed here from the score files and the trial list, independently of
+    # speechdistill.metrics (EER where scikit-learn's ROC crosses the diagonal, minDCF by a sweep over every
+    # threshold), and each score is the cosine of the two utterances' embeddings
+    trials = [line.split() for line in (recipe / "data/test/trials").read_text().splitlines()]
+    assert trials and all(label in ("target", "nontarget") for _, _, label in trials)
+    is_target = np.array([label == "target" for _, _, label in trials])
+    for system, (_, eer, dcf01, dcf05) in rows.items():
+        exp = recipe / "exp/demo" / system
+        lines = (exp / "scores/test.score").read_text().splitlines()
+        scored = {(f[0], f[1]): float(f[2]) for f in map(str.split, lines)}
+        assert set(scored) == {(enroll, test) for enroll, test, _ in trials}
+        scores = np.array([scored[(enroll, test)] for enroll, test, _ in trials])
+        fpr, tpr, _ = roc_curve(is_target, scores, drop_intermediate=False)
+        expected_eer = 100.0 * brentq(lambda x: 1.0 - x - np.interp(x, fpr, tpr), 0.0, 1.0, xtol=1e-12)
+        assert eer == pytest.approx(expected_eer, abs=5.1e-4), system
+        for p_target, dcf in ((0.01, dcf01), (0.05, dcf05)):
+            cost = [p_target * np.mean(scores[is_target] <= t) + (1 - p_target) * np.mean(scores[~is_target] > t)
+                    for t in np.concatenate([[-np.inf], np.unique(scores)])]
+            assert dcf == pytest.approx(min(cost) / min(p_target, 1 - p_target), abs=5.1e-4), (system, p_target)
+        embeddings = kaldiio.load_scp(str(exp / "embeddings/test/xvector.scp"))
+        for enroll, test, _ in trials[:20]:
+            a, b = np.asarray(embeddings[enroll], np.float64), np.asarray(embeddings[test], np.float64)
+            assert scored[(enroll, test)] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
     assert (recipe / "exp/demo/det.png").read_bytes()[:4] == b"\x89PNG"
     assert "![DET curves](det.png)" in (recipe / "exp/demo/RESULTS.md").read_text()
     assert "|random_student|student `oskdft` (random init)|" in done.stdout  # the table is printed at the end
@@ -115,3 +144,14 @@ def test_demo_sv_names_an_unknown_system(recipe):
     done = demo(recipe, "--systems", "oskdft nosuch")
     assert done.returncode == 1
     assert "no conf/demo/nosuch.yaml; systems: ecapa_fbank oskdft random_student ssl_frozen" in done.stdout
+
+
+def test_det_axes_cover_weak_systems(tmp_path):
+    """The demo's EERs are 15-45 %: the DET axes then reach 99 % instead of stopping at 50 %, right past the
+    EER; good systems keep the usual 0.05-50 % view."""
+    assert det_axis_range([0.01, 0.08]) == (0.0005, 0.5)
+    assert det_axis_range([0.16, 0.42]) == (0.0005, 0.99)
+    rng = np.random.default_rng(0)
+    weak = det_curve(np.r_[rng.normal(0.5, 1.0, 150), rng.normal(0.0, 1.0, 150)], np.r_[[True] * 150, [False] * 150])
+    plot_det([("weak", weak)], tmp_path / "det.png")
+    assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"

@@ -269,25 +269,43 @@ def probit(p: np.ndarray, floor: float = 1e-6) -> np.ndarray:
     return np.vectorize(_STANDARD_NORMAL.inv_cdf, otypes=[np.float64])(clipped)
 
 
+DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
+
+
+def det_axis_range(eers: Sequence[float]) -> Tuple[float, float]:
+    """Error-rate range ``(low, high)`` of both DET axes for curves with these EERs (fractions).
+
+    0.05 % to 50 %, the usual view, when every EER is at most 10 %; otherwise up to 99 %, because
+    a weak system (EER of 20-45 %) has most of its curve above 50 % miss or false-alarm rate and
+    would be cut off right around its EER.
+    """
+    return (0.0005, 0.5 if max(eers, default=0.0) <= 0.1 else 0.99)
+
+
 def plot_det(curves: Sequence[Tuple[str, DetCurve]], out_png: PathLike, title: Optional[str] = None) -> None:
-    """Draw DET curves (probit-warped P_fa vs P_miss, EER marked) into a PNG, atomically."""
+    """Draw DET curves (probit-warped P_fa vs P_miss, EER marked) into a PNG, atomically; the axes
+    span ``det_axis_range`` of the curves' EERs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ticks = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4])
     figure, axis = plt.subplots(figsize=(5.5, 5.5), dpi=100)
     try:
+        eers = []
         for name, curve in curves:
             eer, _ = equal_error_rate(curve)
+            eers.append(eer)
             line, = axis.plot(probit(curve.p_fa), probit(curve.p_miss), label=f"{name} (EER {100 * eer:.2f}%)")
             axis.plot(probit(np.array([eer])), probit(np.array([eer])), "o", color=line.get_color())
+        low, high = det_axis_range(eers)
+        # the wide view compresses the low rates: drop 0.2 % and 0.5 % there so that labels do not overlap
+        ticks = np.array([t for t in DET_TICKS if low <= t <= high and (high <= 0.5 or t not in (0.002, 0.005))])
         positions = probit(ticks)
         labels = [f"{100 * t:g}" for t in ticks]
         axis.set_xticks(positions, labels)
         axis.set_yticks(positions, labels)
-        limits = probit(np.array([0.0005, 0.5]))
+        limits = probit(np.array([low, high]))
         axis.set_xlim(*limits)
         axis.set_ylim(*limits)
         axis.plot(limits, limits, ":", color="gray", linewidth=0.8)
@@ -316,6 +334,6 @@ def evaluate_files(scores_path: PathLike, trials_path: PathLike, p_targets: Sequ
     return result, curve, extra
 
 
-__all__ = ["DetCurve", "Trial", "TrialsError", "VerificationResult", "det_curve", "equal_error_rate", "evaluate",
-           "evaluate_curve", "evaluate_files", "join_scores", "min_dcf", "plot_det", "probit", "read_scores",
-           "read_trials", "sv_results_table"]
+__all__ = ["DET_TICKS", "DetCurve", "Trial", "TrialsError", "VerificationResult", "det_axis_range", "det_curve",
+           "equal_error_rate", "evaluate", "evaluate_curve", "evaluate_files", "join_scores", "min_dcf", "plot_det",
+           "probit", "read_scores", "read_trials", "sv_results_table"]
