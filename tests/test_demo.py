@@ -163,6 +163,7 @@ def test_the_reported_held_out_cosine_is_recomputed_from_the_saved_models(demo):
                     frames = F.cosine_similarity(predictions[0, k], target[layer][0], dim=-1)  # [N]
                     per_layer[layer].append(float(frames.mean()))
         expected = {str(layer): sum(values) / len(values) for layer, values in per_layer.items()}
+        assert rows[name]["cosine_kind"] == "cos"  # DistilHuBERT predicts hidden states
         reported = rows[name]["cosine"]
         assert sorted(reported) == sorted(expected)
         for layer, value in expected.items():
@@ -195,3 +196,22 @@ def test_a_rerun_keeps_every_product(demo):
     assert "already holds" in again.stdout and "already distilled with these settings; kept" in again.stdout
     assert again.stdout.count("already trained with these settings; kept") == 3
     assert {p: p.stat().st_mtime_ns for p in products} == before
+
+
+def test_the_table_names_the_similarity_it_reports():
+    """Methods that distil Gram matrices (STaRHuBERT) report the Gram-row cosine, labelled as such; the
+    others the hidden-state cosine ("cos L<t>"). Rows without a value get '-', the teacher '(target)'."""
+    from speechdistill.distill.report import UpstreamRow, results_markdown
+    rows = [UpstreamRow("teacher", "t", params=2_000_000, macs_per_second=3e8, audio_sec_per_sec=100.0),
+            UpstreamRow("student", "s", params=500_000, macs_per_second=1e8, audio_sec_per_sec=300.0,
+                        cosine={1: 0.8694, 12: 0.7275}, wer=99.5, cer=55.3),
+            UpstreamRow("random student", "r", params=500_000, macs_per_second=1e8, audio_sec_per_sec=290.0,
+                        cosine={1: 0.3254}, wer=100.0, cer=77.3)]
+    gram = results_markdown(rows, method="starhubert", data_dir="data/dev", test_name=None, figures=[],
+                            cosine_kind="Gram cos")
+    assert "| Gram cos L1 | Gram cos L12 | WER % | CER % |" in gram
+    assert "cosine similarity of Gram-matrix rows" in gram
+    assert "| student | 0.50 M | 0.10 G | 300.0 | 0.869 | 0.728 | 99.5 | 55.3 |" in gram
+    assert "| teacher | 2.00 M | 0.30 G | 100.0 | (target) | (target) |" in gram
+    plain = results_markdown(rows, method="distilhubert", data_dir="data/dev", test_name=None, figures=[])
+    assert "| cos L1 | cos L12 |" in plain and "Gram" not in plain

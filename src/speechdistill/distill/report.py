@@ -41,6 +41,9 @@ log = logging.getLogger("speechdistill.distill.report")
 RESULTS_FILE = "RESULTS.md"
 LOSS_PNG = "distill_loss.png"
 COSINE_PNG = "distill_cosine.png"
+# validation metrics read as the held-out similarity, in order of preference
+COSINE_METRICS = ("cos/layer", "gram_cos/layer")
+COSINE_KINDS = {"cos/layer": "cos", "gram_cos/layer": "Gram cos"}
 LAYER_WEIGHTS_PNG = "asr_layer_weights.png"
 # Keys of metrics.jsonl records that are not loss terms (the trainer's bookkeeping).
 _NOT_LOSS = {"step", "epoch", "grad_norm", "audio_sec_per_sec", "padding_fraction", "skipped_nonfinite",
@@ -143,7 +146,18 @@ def _batches(data_dir: Path, batch_seconds: float, max_seconds: Optional[float]
 def held_out_cosine(distill_exp: PathLike, students: Mapping[str, PathLike], teacher: PathLike,
                     data_dir: PathLike, *, batch_seconds: float = 60.0, max_seconds: Optional[float] = 20.0
                     ) -> Dict[str, Dict[int, float]]:
-    """``name -> {teacher layer: cosine}`` for each student dir, on every utterance of ``data_dir``.
+    """``name -> {teacher layer: cosine}`` (:func:`held_out_similarity` without its kind)."""
+    return held_out_similarity(distill_exp, students, teacher, data_dir, batch_seconds=batch_seconds,
+                               max_seconds=max_seconds)[1]
+
+
+def held_out_similarity(distill_exp: PathLike, students: Mapping[str, PathLike], teacher: PathLike,
+                        data_dir: PathLike, *, batch_seconds: float = 60.0, max_seconds: Optional[float] = 20.0
+                        ) -> Tuple[str, Dict[str, Dict[int, float]]]:
+    """``(kind, name -> {teacher layer: cosine})`` for each student dir, on every utterance of ``data_dir``.
+    ``kind`` is ``cos`` (hidden-state cosine, the methods that predict teacher hidden states) or
+    ``Gram cos`` (cosine of Gram-matrix rows, for methods that distil Gram matrices, e.g. STaRHuBERT,
+    whose student width may differ from the teacher's).
 
     The distillation task of ``<distill_exp>/config.yaml`` computes it (its ``valid/cos/layer<t>``:
     per-utterance mean over valid frames, averaged over utterances), with the student loaded from
@@ -159,6 +173,7 @@ def held_out_cosine(distill_exp: PathLike, students: Mapping[str, PathLike], tea
         raise ReportError(f"{config_path}: not found; it is written by the distillation (stage 3)")
     batches = _batches(Path(data_dir), batch_seconds, max_seconds)
     results: Dict[str, Dict[int, float]] = {}
+    kind = "cos"
     for name, student_dir in students.items():
         config = load_config(DistillConfig, config_path)
         config.teacher = str(teacher)
@@ -177,18 +192,24 @@ def held_out_cosine(distill_exp: PathLike, students: Mapping[str, PathLike], tea
         task.setup(context)
         torch.manual_seed(config.seed)
         model = task.model().eval()
-        sums: Dict[int, float] = {}
+        sums: Dict[str, Dict[int, float]] = {prefix: {} for prefix in COSINE_METRICS}
         count = 0
         with torch.inference_mode():
             for wavs, lengths in batches:
                 metrics = task.valid_step(model, {"wavs": wavs, "lengths": lengths})
                 for key, value in metrics.items():
-                    if key.startswith("cos/layer"):
-                        layer = int(key[len("cos/layer"):])
-                        sums[layer] = sums.get(layer, 0.0) + float(value) * len(lengths)
+                    for prefix in COSINE_METRICS:
+                        if key.startswith(prefix):
+                            layer = int(key[len(prefix):])
+                            sums[prefix][layer] = sums[prefix].get(layer, 0.0) + float(value) * len(lengths)
                 count += len(lengths)
-        results[name] = {layer: total / count for layer, total in sorted(sums.items())}
-    return results
+        # hidden-state cosine where the method predicts hidden states; Gram-matrix cosine for methods
+        # whose student width differs from the teacher's and that distil Gram matrices (STaRHuBERT)
+        prefix = next((prefix for prefix in COSINE_METRICS if sums[prefix]), COSINE_METRICS[0])
+        kind = COSINE_KINDS[prefix]
+        results[name] = {layer: total / count for layer, total in sorted(sums[prefix].items())}
+    return kind, results
+
 
 
 def asr_scores(asr_exp: PathLike) -> Tuple[Optional[float], Optional[float], Optional[str]]:
@@ -311,13 +332,15 @@ def _fmt(value: Optional[float], digits: int = 1) -> str:
 
 
 def results_markdown(rows: Sequence[UpstreamRow], *, method: str, data_dir: str, test_name: Optional[str],
-                     figures: Sequence[Path], notes: Sequence[str] = ()) -> str:
+                     figures: Sequence[Path], notes: Sequence[str] = (), cosine_kind: str = "cos") -> str:
     layers = sorted({layer for r in rows for layer in r.cosine})
     header = ["upstream", "params", "MACs / audio s", "CPU speed (audio s/s)"]
-    header += [f"cos L{layer}" for layer in layers] + ["WER %", "CER %"]
+    header += [f"{cosine_kind} L{layer}" for layer in layers] + ["WER %", "CER %"]
     lines = [f"# Distillation results: {method}", "",
-             f"Held-out cosine: teacher–student cosine similarity per target layer on every utterance of "
-             f"`{data_dir}`. WER/CER: the ASR probe trained on each frozen upstream, greedy decoding of "
+             f"Held-out {cosine_kind}: teacher–student "
+             + ("cosine similarity of hidden states" if cosine_kind == "cos" else
+                "cosine similarity of Gram-matrix rows (frame-by-frame similarity maps; the method distils those)")
+             + f" per target layer on every utterance of `{data_dir}`. WER/CER: the ASR probe trained on each frozen upstream, greedy decoding of "
              f"`{test_name or 'the test set'}`. Speed: forward passes over one 10 s utterance on the CPU, fp32, "
              f"{torch.get_num_threads()} thread(s), the three models timed in turn.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -360,7 +383,8 @@ def write_report(*, teacher: PathLike, student: PathLike, random_student: PathLi
     for row, (params, macs, speed) in zip(rows, profile_upstreams(paths, repeats=speed_repeats).values()):
         row.params, row.macs_per_second, row.audio_sec_per_sec = params, macs, speed
     log.info("held-out cosine similarity on %s", data_dir)
-    cosine = held_out_cosine(distill_exp, {"student": student, "random student": random_student}, teacher, data_dir)
+    kind, cosine = held_out_similarity(distill_exp, {"student": student, "random student": random_student}, teacher,
+                                       data_dir)
     test_name = None
     for row in rows:
         row.cosine = cosine.get(row.name, {})
@@ -375,12 +399,12 @@ def write_report(*, teacher: PathLike, student: PathLike, random_student: PathLi
     if weights_png is not None:
         figures.append(weights_png)
     text = results_markdown(rows, method=method or Path(distill_exp).name, data_dir=str(data_dir),
-                            test_name=test_name, figures=figures)
+                            test_name=test_name, figures=figures, cosine_kind=kind)
     path = out_dir / RESULTS_FILE
     atomic_write_text(path, text)
     atomic_write_text(out_dir / "results.json", json.dumps(
         [{"name": r.name, "path": r.path, "params": r.params, "macs_per_second": r.macs_per_second,
           "audio_sec_per_sec": r.audio_sec_per_sec, "cosine": {str(k): v for k, v in r.cosine.items()},
-          "wer": r.wer, "cer": r.cer, "asr_exp": r.asr_exp, "layer_weights": r.layer_weights} for r in rows],
+          "cosine_kind": kind, "wer": r.wer, "cer": r.cer, "asr_exp": r.asr_exp, "layer_weights": r.layer_weights} for r in rows],
         indent=1) + "\n")
     return path
