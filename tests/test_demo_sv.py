@@ -153,5 +153,7 @@ def test_det_axes_cover_weak_systems(tmp_path):
     assert det_axis_range([0.16, 0.42]) == (0.0005, 0.99)
     rng = np.random.default_rng(0)
     weak = det_curve(np.r_[rng.normal(0.5, 1.0, 150), rng.normal(0.0, 1.0, 150)], np.r_[[True] * 150, [False] * 150])
-    plot_det([("weak", weak)], tmp_path / "det.png")
+    assert plot_det([("weak", weak)], tmp_path / "det.png") == pytest.approx((0.0005, 0.99), rel=1e-6)
     assert (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"
+    good = det_curve(np.r_[rng.normal(4.0, 1.0, 150), rng.normal(0.0, 1.0, 150)], np.r_[[True] * 150, [False] * 150])
+    assert plot_det([("good", good)], tmp_path / "good.png") == pytest.approx((0.0005, 0.5), rel=1e-6)

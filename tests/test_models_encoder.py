@@ -309,3 +309,7 @@ def test_frozen_weight_casts_are_kept_and_give_what_autocast_gives():
         assert not torch.equal(changed[-1], cached[-1])
     with torch.no_grad():  # autocast off: fp32 operands, not the bf16 copies
         assert frozen_operands(fc1, "linear", (fc1.weight, fc1.bias), tuple)[0].dtype == torch.float32
+        # a replaced parameter (not an in-place update) is a different object: the cache is not reused
+        fc1.weight = torch.nn.Parameter(torch.full_like(fc1.weight, 0.01), requires_grad=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias))

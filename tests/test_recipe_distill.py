@@ -129,3 +129,20 @@ def test_two_processes_through_torchrun(recipe, hf_teachers, preset_runs):
     log = (recipe / "exp" / "distill_torchrun" / "train.log").read_text()
     assert "launcher torchrun: rank 0 of 2" in log
     assert load_model(recipe / "exp" / "distill_torchrun" / "student") is not None
+
+
+@pytest.mark.parametrize("name,kind", [("starhubert", "Gram cos"), ("distilhubert", "cos")])
+def test_the_report_measures_the_similarity_the_method_distils(name, kind, recipe, preset_runs):
+    """Stage 6's held-out similarity: STaRHuBERT (Gram-matrix targets, no prediction heads) gets the Gram-row
+    cosine of the layers its validation reports, DistilHuBERT the hidden-state cosine of its head targets."""
+    from speechdistill.distill.report import held_out_similarity
+    assert preset_runs[name].returncode == 0, _output(preset_runs[name])
+    exp = recipe / "exp" / f"distill_{name}"
+    teacher = recipe / "exp" / "teacher_hubert"
+    measured_kind, values = held_out_similarity(exp, {"student": exp / "student"}, teacher, recipe / "data" / "dev")
+    assert measured_kind == kind
+    records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    prefix = "valid/gram_cos/layer" if kind == "Gram cos" else "valid/cos/layer"
+    validated_layers = {int(k[len(prefix):]) for r in records for k in r if k.startswith(prefix)}
+    assert set(values["student"]) == validated_layers and validated_layers
+    assert all(-1.0 <= v <= 1.0 for v in values["student"].values())

@@ -38,6 +38,7 @@ def test_scheduler_drives_every_group_including_a_custom_schedule():
     groups = [{"name": "w", "params": [model.weight]},
               {"name": "b", "params": [model.bias], "lr": 0.5, "schedule": lambda k: 1.0 / (k + 1)}]
     optimizer, scheduler = build_optimizer(model, groups, _config(warmup_fraction=0.2))
+    assert all(group["fused"] for group in optimizer.param_groups)  # one fused kernel, not a per-tensor loop
     seen = []
     for _ in range(4):
         seen.append(group_learning_rates(optimizer))

@@ -44,6 +44,9 @@ COSINE_PNG = "distill_cosine.png"
 # validation metrics read as the held-out similarity, in order of preference
 COSINE_METRICS = ("cos/layer", "gram_cos/layer")
 COSINE_KINDS = {"cos/layer": "cos", "gram_cos/layer": "Gram cos"}
+COSINE_MEANINGS = {"cos": "cosine similarity of hidden states",
+                   "Gram cos": "cosine similarity of Gram-matrix rows (frame-by-frame similarity maps; the method "
+                               "distils those)"}
 LAYER_WEIGHTS_PNG = "asr_layer_weights.png"
 # Keys of metrics.jsonl records that are not loss terms (the trainer's bookkeeping).
 _NOT_LOSS = {"step", "epoch", "grad_norm", "audio_sec_per_sec", "padding_fraction", "skipped_nonfinite",
@@ -211,7 +214,6 @@ def held_out_similarity(distill_exp: PathLike, students: Mapping[str, PathLike],
     return kind, results
 
 
-
 def asr_scores(asr_exp: PathLike) -> Tuple[Optional[float], Optional[float], Optional[str]]:
     """(WER %, CER %, decode dir name) of the first clean decode of ``asr_exp`` (stage 5), or Nones."""
     from ..asr.results import find_decode_dirs, score_decode_dir
@@ -337,10 +339,8 @@ def results_markdown(rows: Sequence[UpstreamRow], *, method: str, data_dir: str,
     header = ["upstream", "params", "MACs / audio s", "CPU speed (audio s/s)"]
     header += [f"{cosine_kind} L{layer}" for layer in layers] + ["WER %", "CER %"]
     lines = [f"# Distillation results: {method}", "",
-             f"Held-out {cosine_kind}: teacher–student "
-             + ("cosine similarity of hidden states" if cosine_kind == "cos" else
-                "cosine similarity of Gram-matrix rows (frame-by-frame similarity maps; the method distils those)")
-             + f" per target layer on every utterance of `{data_dir}`. WER/CER: the ASR probe trained on each frozen upstream, greedy decoding of "
+             f"Held-out {cosine_kind}: teacher–student {COSINE_MEANINGS[cosine_kind]} per target layer on every "
+             f"utterance of `{data_dir}`. WER/CER: the ASR probe trained on each frozen upstream, greedy decoding of "
              f"`{test_name or 'the test set'}`. Speed: forward passes over one 10 s utterance on the CPU, fp32, "
              f"{torch.get_num_threads()} thread(s), the three models timed in turn.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -405,6 +405,7 @@ def write_report(*, teacher: PathLike, student: PathLike, random_student: PathLi
     atomic_write_text(out_dir / "results.json", json.dumps(
         [{"name": r.name, "path": r.path, "params": r.params, "macs_per_second": r.macs_per_second,
           "audio_sec_per_sec": r.audio_sec_per_sec, "cosine": {str(k): v for k, v in r.cosine.items()},
-          "cosine_kind": kind, "wer": r.wer, "cer": r.cer, "asr_exp": r.asr_exp, "layer_weights": r.layer_weights} for r in rows],
+          "cosine_kind": kind, "wer": r.wer, "cer": r.cer, "asr_exp": r.asr_exp, "layer_weights": r.layer_weights}
+         for r in rows],
         indent=1) + "\n")
     return path

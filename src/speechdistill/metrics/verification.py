@@ -282,9 +282,11 @@ def det_axis_range(eers: Sequence[float]) -> Tuple[float, float]:
     return (0.0005, 0.5 if max(eers, default=0.0) <= 0.1 else 0.99)
 
 
-def plot_det(curves: Sequence[Tuple[str, DetCurve]], out_png: PathLike, title: Optional[str] = None) -> None:
+def plot_det(curves: Sequence[Tuple[str, DetCurve]], out_png: PathLike, title: Optional[str] = None
+             ) -> Tuple[float, float]:
     """Draw DET curves (probit-warped P_fa vs P_miss, EER marked) into a PNG, atomically; the axes
-    span ``det_axis_range`` of the curves' EERs."""
+    span ``det_axis_range`` of the curves' EERs. Returns the (low, high) error rates the axes span,
+    read back from the drawn figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -320,6 +322,8 @@ def plot_det(curves: Sequence[Tuple[str, DetCurve]], out_png: PathLike, title: O
         temporary = out_png.with_name(f".{out_png.name}.tmp.png")
         figure.savefig(temporary, format="png")
         temporary.replace(out_png)
+        drawn = _STANDARD_NORMAL.cdf(axis.get_xlim()[0]), _STANDARD_NORMAL.cdf(axis.get_xlim()[1])
+        return float(drawn[0]), float(drawn[1])
     finally:
         plt.close(figure)
 

@@ -28,7 +28,8 @@ from .hardconcrete import HardConcreteGate
 CONV_NORM_EPS = 1e-5
 # Largest conv window (k * C_in) whose GroupNorm statistics are derived from window moments.
 FOLDED_NORM_MAX_WINDOW = 64
-# FFT sizes whose positional-conv kernel spectrum a frozen model keeps (HuBERT Base: 0.3 MB per FFT bin, ~130 MB for a 15 s input).
+# FFT sizes whose positional-conv kernel spectrum a frozen model keeps
+# (HuBERT Base: 0.3 MB per FFT bin, ~130 MB for a 15 s input).
 SPECTRUM_CACHE_SIZES = 4
 
 
@@ -48,26 +49,34 @@ def frozen_operands(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
     Only without autograd (a frozen teacher, inference): re-concatenating or re-casting a HuBERT
     Base's 85 M weights costs each forward ~15 ms on a CPU, 10 % of a 4 s bf16 forward. A cast here
     equals the one autocast would do inside the matrix product (weights and biases both go to the
-    autocast dtype), so results do not change. The cache is keyed on storage, version counter,
-    dtype, device and autocast dtype; an in-place update or ``.to()`` invalidates it.
+    autocast dtype), so results do not change. The cache is valid for the same parameter objects
+    (held, so that a freed tensor's address cannot be reused by a new one) at the same version
+    counters, storage, dtype and device, and the same autocast dtype; an in-place update, ``.to()``
+    or a replaced parameter invalidates it.
     """
     if (torch.is_grad_enabled() and any(p.requires_grad for p in parts)) or torch.compiler.is_compiling() \
             or any(p.is_inference() for p in parts):  # (inference tensors have no version counter)
         return combine(parts)
     device_type = parts[0].device.type
     cast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    key = (cast,) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
+    state = (cast,) + tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in parts)
     cache = owner.__dict__.setdefault("_frozen_operands", {})
     cached = cache.get(slot)
-    if cached is None or cached[0] != key:
+    if cached is None or not _same_parameters(cached[0], parts, state):
         # normal tensors even under inference_mode, so that a later grad-enabled call may use them
         with torch.inference_mode(False), torch.no_grad():
             values = combine(parts)
             if cast is not None:
                 values = tuple(v.to(cast) if v.dtype == torch.float32 else v for v in values)
-        cached = (key, values)
+        cached = ((tuple(parts), state), values)
         cache[slot] = cached
     return cached[1]
+
+
+def _same_parameters(key: Tuple[Tuple[torch.Tensor, ...], tuple], parts: Sequence[torch.Tensor], state: tuple) -> bool:
+    """Whether a cache key (the parameter objects and their state when cached) still matches ``parts``."""
+    held, held_state = key
+    return len(held) == len(parts) and all(a is b for a, b in zip(held, parts)) and held_state == state
 
 
 def frozen_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -390,7 +399,7 @@ class PositionalConv(nn.Module):
         self.weight_v = nn.Parameter(weight)
         self.weight_g = nn.Parameter(torch.linalg.vector_norm(weight, dim=(0, 1), keepdim=True))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
-        self._spectrum_cache: Optional[Tuple[tuple, Dict[int, torch.Tensor]]] = None
+        self._spectrum_cache: Optional[Tuple[Tuple[Tuple[torch.Tensor, ...], tuple], Dict[int, torch.Tensor]]] = None
 
     def weight(self) -> torch.Tensor:
         """Effective kernel [D, D / groups, k]."""
@@ -405,10 +414,10 @@ class PositionalConv(nn.Module):
         with h[i] = w[k - 1 - i]; ``size`` >= frames + k - 1 keeps that range free of wrap-around.
         Spectra of a frozen kernel are kept for the last few sizes: batches of different lengths
         alternate, and recomputing a spectrum costs more than the convolution it serves."""
-        key = (self.weight_v.device, id(self.weight_v), self.weight_v.data_ptr(), self.weight_v._version,
-               id(self.weight_g), self.weight_g._version)
-        if self._spectrum_cache is None or self._spectrum_cache[0] != key:
-            self._spectrum_cache = (key, {})
+        parts = (self.weight_v, self.weight_g)
+        state = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in parts)
+        if self._spectrum_cache is None or not _same_parameters(self._spectrum_cache[0], parts, state):
+            self._spectrum_cache = ((parts, state), {})
         spectra = self._spectrum_cache[1]
         if size in spectra:
             spectra[size] = spectra.pop(size)  # most recently used last
