@@ -37,6 +37,7 @@ PRETRAIN = ("--max_steps 3 --encoder.num_layers 4 --encoder.hidden_size 32 --enc
             "--labels.kmeans_init_sample 500 --batch_seconds 4.0 --min_seconds 0.5 --num_workers 0 --log_every 1 "
             "--threads 1")
 SYSTEMS = ("oskdft", "random_student")
+RUNS = SYSTEMS + tuple(f"{system}_seed1" for system in SYSTEMS)  # --seeds "0 1": seed 0 of each, then seed 1
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +81,9 @@ def test_demo_sv_shortened(recipe):
     teacher = load_model(recipe / "exp/teacher")
     assert teacher.num_layers == 4 and teacher.config.hidden_size == 32
 
-    # every system went through stages 3-5 in its own exp dir
+    # every run (each student with seeds 0 and 1, the default --seeds) went through stages 3-5 in its own exp dir
     test_utts = read_table(recipe / "data/test/wav.scp")
-    for system in SYSTEMS:
+    for system in RUNS:
         exp = recipe / "exp/demo" / system
         assert [line.split()[0] for line in (exp / "stage_times.txt").read_text().splitlines()] == ["3", "4", "5"]
         embeddings = kaldiio.load_scp(str(exp / "embeddings/test/xvector.scp"))
@@ -97,7 +98,21 @@ def test_demo_sv_shortened(recipe):
 
     # the comparison: one row per system, the same numbers compute_eer wrote, one DET figure
     rows = comparison_rows(recipe / "exp/demo/RESULTS.md")
-    assert list(rows) == list(SYSTEMS)
+    assert list(rows) == list(RUNS)
+    # seed 1 is another initialisation (the random student) and other crops: other embeddings
+    for system in SYSTEMS:
+        first = kaldiio.load_scp(str(recipe / "exp/demo" / system / "embeddings/test/xvector.scp"))
+        second = kaldiio.load_scp(str(recipe / "exp/demo" / f"{system}_seed1" / "embeddings/test/xvector.scp"))
+        key = next(iter(first))
+        assert not np.allclose(first[key], second[key]), system
+        assert "seed: 1" in (recipe / "exp/demo" / f"{system}_seed1" / "config.yaml").read_text().splitlines()
+    means = re.search(r"mean EER over seeds 0 1: oskdft ([0-9.]+) % \(([0-9.]+)/([0-9.]+)\), "
+                      r"random_student ([0-9.]+) % \(([0-9.]+)/([0-9.]+)\)", (recipe / "exp/demo/RESULTS.md").read_text())
+    assert means, (recipe / "exp/demo/RESULTS.md").read_text()
+    for offset, system in ((1, "oskdft"), (4, "random_student")):
+        per_seed = [float(means.group(offset + 1)), float(means.group(offset + 2))]
+        assert per_seed == [rows[system][1], rows[f"{system}_seed1"][1]]
+        assert float(means.group(offset)) == pytest.approx(sum(per_seed) / 2, abs=1e-3)
     assert rows["oskdft"][0] == "student `oskdft` (copied from the teacher)"
     assert rows["random_student"][0] == "student `oskdft` (random init)"
     for system, (_, eer, dcf01, dcf05) in rows.items():
@@ -129,6 +144,7 @@ def test_demo_sv_shortened(recipe):
     assert (recipe / "exp/demo/det.png").read_bytes()[:4] == b"\x89PNG"
     assert "![DET curves](det.png)" in (recipe / "exp/demo/RESULTS.md").read_text()
     assert "|random_student|student `oskdft` (random init)|" in done.stdout  # the table is printed at the end
+    assert means.group(0) in done.stdout  # ... and the means
 
     # a rerun (here of one system) trains nothing and reports the same numbers
     again = demo(recipe, "--mini_size", "tiny", "--systems", "oskdft", "--ngpu", "0",
@@ -137,7 +153,8 @@ def test_demo_sv_shortened(recipe):
     assert "keeping the teacher pretrained earlier" in again.stdout
     assert "already trained with these settings; kept" in (recipe / "exp/demo/log/oskdft.log").read_text()
     assert "is up to date" in (recipe / "exp/demo/log/oskdft.log").read_text()
-    assert comparison_rows(recipe / "exp/demo/RESULTS.md") == {"oskdft": rows["oskdft"]}
+    assert comparison_rows(recipe / "exp/demo/RESULTS.md") == {"oskdft": rows["oskdft"],
+                                                               "oskdft_seed1": rows["oskdft_seed1"]}
 
 
 def test_demo_sv_names_an_unknown_system(recipe):

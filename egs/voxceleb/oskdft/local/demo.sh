@@ -9,6 +9,12 @@
 #   local/demo.sh --systems "oskdft random_student"      # a subset of conf/demo/*.yaml
 #   local/demo.sh --teacher ../../librispeech/distill/exp/teacher   # the teacher of `make demo` instead
 #   local/demo.sh --mini_size tiny --sv_args "--max_steps 3" --pretrain_args "--max_steps 4"   # CI-sized
+#   local/demo.sh --seeds 0                              # each student once (the default trains seeds 0 and 1)
+#
+# The two students (systems whose config trains an OS-KDFT student) are trained once per seed of --seeds
+# (exp/demo/<system> for the first, exp/demo/<system>_seed<N> for the others), because one random
+# initialisation decides several points of EER on the mini corpus; RESULTS.md has a row per run and the
+# mean EER per system over the seeds. The baselines are trained once.
 #
 # The systems (see each conf/demo/<system>.yaml):
 #   oskdft          OS-KDFT: the teacher's CNN + first 4 layers + adapters, distillation and speaker loss at once
@@ -24,6 +30,7 @@ pretrain_args=      # extra speechdistill.bin.pretrain_hubert options for the de
 sv_args=            # extra sv_train options for every system, e.g. "--max_steps 20"
 parallel=2          # trainings at once (each one CPU thread; on a GPU they share it)
 ngpu=auto           # as run.sh: auto = the visible CUDA GPUs, 0 = CPU
+seeds="0 1"         # sv_train seeds of the students (oskdft, random_student); the baselines use the first
 demo_dir=exp/demo
 progress_every=30   # seconds between progress lines while systems train
 
@@ -72,24 +79,44 @@ progress teacher exp/pretrain_hubert/train.log
 wait "${stage2}" || { log "error: stage 2 failed (see exp/log/pretrain_hubert.log, exp/log/import_teacher.log)"; exit 1; }
 teacher_line=$(grep '^teacher=' exp/teacher/.stage2.done)
 
-# stages 3-5 for every system, ${parallel} at a time
+# the runs: "<name> <system> <seed>", every seed of the students first (they take longest), then the baselines
+read -r -a seed_list <<< "${seeds}"
+[ "${#seed_list[@]}" -gt 0 ] || { log "error: --seeds is empty; give at least one seed, e.g. --seeds 0"; exit 1; }
+for seed in "${seed_list[@]}"; do
+    [[ "${seed}" =~ ^[0-9]+$ ]] || { log "error: --seeds takes non-negative integers, got '${seed}'"; exit 1; }
+done
+is_student() { grep -q '^system: oskdft' "conf/demo/$1.yaml"; }
+runs=()
+for index in "${!seed_list[@]}"; do
+    for system in ${systems}; do
+        is_student "${system}" || continue
+        name=${system}
+        [ "${index}" -eq 0 ] || name=${system}_seed${seed_list[${index}]}
+        runs+=("${name} ${system} ${seed_list[${index}]}")
+    done
+done
+for system in ${systems}; do
+    is_student "${system}" || runs+=("${system} ${system} ${seed_list[0]}")
+done
+
+# stages 3-5 for every run, ${parallel} at a time
 mkdir -p "${demo_dir}/log"
-set -- ${systems}
+set -- "${runs[@]}"
 while [ $# -gt 0 ]; do
     batch=()
     pids=()
     while [ $# -gt 0 ] && [ "${#batch[@]}" -lt "${parallel}" ]; do
-        system=$1
+        read -r name system seed <<< "$1"
         shift
-        batch+=("${system}")
-        log "${system}: run.sh stages 3-5 with conf/demo/${system}.yaml -> ${demo_dir}/${system} (log: ${demo_dir}/log/${system}.log)"
+        batch+=("${name}")
+        log "${name}: run.sh stages 3-5 with conf/demo/${system}.yaml, seed ${seed} -> ${demo_dir}/${name} (log: ${demo_dir}/log/${name}.log)"
         ./run.sh --stage 3 --stop_stage 5 --ngpu "${ngpu}" --sv_config "conf/demo/${system}.yaml" \
-            --sv_exp "${demo_dir}/${system}" --sv_args "${sv_args}" > "${demo_dir}/log/${system}.log" 2>&1 &
+            --sv_exp "${demo_dir}/${name}" --sv_args "--seed ${seed} ${sv_args}" > "${demo_dir}/log/${name}.log" 2>&1 &
         pids+=($!)
     done
     watched=()
-    for system in "${batch[@]}"; do
-        watched+=("${system}" "${demo_dir}/${system}/train.log")
+    for name in "${batch[@]}"; do
+        watched+=("${name}" "${demo_dir}/${name}/train.log")
     done
     progress "${watched[@]}"
     for index in "${!batch[@]}"; do
@@ -102,14 +129,26 @@ while [ $# -gt 0 ]; do
     done
 done
 
-# exp/demo/RESULTS.md: one row per system, one DET figure
+# exp/demo/RESULTS.md: one row per run, one DET figure, the mean EER of each student over the seeds
 args=()
 times=()
+means=()
+for run in "${runs[@]}"; do
+    read -r name system seed <<< "${run}"
+    args+=(--system "${name}" "${demo_dir}/${name}/scores/${test_set}.score" "data/${test_set}/trials"
+           "${demo_dir}/${name}/sv_model")
+    train_seconds=$(awk '$1 == 3 {print $2}' "${demo_dir}/${name}/stage_times.txt" 2> /dev/null || true)
+    times+=("${name} ${train_seconds:-?} s")
+done
 for system in ${systems}; do
-    args+=(--system "${system}" "${demo_dir}/${system}/scores/${test_set}.score" "data/${test_set}/trials"
-           "${demo_dir}/${system}/sv_model")
-    train_seconds=$(awk '$1 == 3 {print $2}' "${demo_dir}/${system}/stage_times.txt" 2> /dev/null || true)
-    times+=("${system} ${train_seconds:-?} s")
+    is_student "${system}" || continue
+    eers=()
+    for run in "${runs[@]}"; do
+        read -r name run_system seed <<< "${run}"
+        [ "${run_system}" = "${system}" ] || continue
+        eers+=("$(sed -nE 's/.*EER = ([0-9.]+).*/\1/p' "${demo_dir}/${name}/scores/${test_set}.eer" | head -n 1)")
+    done
+    means+=("${system} $(printf '%s\n' "${eers[@]}" | awk '{sum += $1} END {printf "%.3f", sum / NR}') % ($(IFS=/; echo "${eers[*]}"))")
 done
 elapsed=$(($(date +%s) - started))
 python -m speechdistill.bin.sv_results --output "${demo_dir}/RESULTS.md" --det "${demo_dir}/det.png" \
@@ -118,10 +157,12 @@ python -m speechdistill.bin.sv_results --output "${demo_dir}/RESULTS.md" --det "
     --note "teacher: ${teacher_line#teacher=} ($(grep -q '^pretrained=' exp/teacher/.stage2.done \
         && echo "a tiny HuBERT pretrained from scratch on data/train in stage 2" || echo "imported in stage 2"))" \
     --note "random_student: the oskdft student's architecture, trained the same way (same teacher, distillation term, speaker loss, schedule, augmentation) from a random initialisation; the EER gap is what the teacher's weights give" \
-    --note "configs: conf/demo/<system>.yaml$([ -n "${sv_args}" ] && echo " with ${sv_args}"); embeddings: whole utterance; scoring: cosine" \
+    --note "configs: conf/demo/<system>.yaml$([ -n "${sv_args}" ] && echo " with ${sv_args}"); <system>_seed<N>: the same with sv_train --seed N (the others: seed ${seed_list[0]}); embeddings: whole utterance; scoring: cosine" \
+    ${means[0]:+--note "mean EER over seeds ${seeds}: $(IFS=,; echo "${means[*]}" | sed 's/,/, /g')"} \
     --note "stage 3 (training) time: $(IFS=,; echo "${times[*]}" | sed 's/,/, /g'); whole demo: ${elapsed} s" \
     > "${demo_dir}/table.md"
 log "wrote ${demo_dir}/RESULTS.md and ${demo_dir}/det.png (DET curves) in ${elapsed} s:"
 echo
 cat "${demo_dir}/table.md"
 echo
+[ "${#means[@]}" -eq 0 ] || echo "mean EER over seeds ${seeds}: $(IFS=,; echo "${means[*]}" | sed 's/,/, /g')"

@@ -6,8 +6,8 @@ processes) and written in the real corpora's layouts, so that the real prep code
 ``python -m speechdistill.bin.make_mini_corpora --out_dir DIR`` or :func:`make_mini_corpora`.
 
 Default sizes: LibriSpeech about 30 min of training speech (40 readers) + 4 min dev + 4 min
-test (6 readers each); VoxCeleb 40 training speakers (about 30 min) + 10 test speakers and
-300 trials; MUSAN 22 noise, 12 music, 12 speech files of 8-16 s; RIRS_NOISES 4 rooms x 4
+test (6 readers each); VoxCeleb 40 training speakers (about 30 min) + 20 test speakers of
+8 utterances and 1,120 trials (every one of the 560 target pairs); MUSAN 22 noise, 12 music, 12 speech files of 8-16 s; RIRS_NOISES 4 rooms x 4
 RIRs per room size.
 """
 from __future__ import annotations
