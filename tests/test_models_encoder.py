@@ -313,3 +313,107 @@ def test_frozen_weight_casts_are_kept_and_give_what_autocast_gives():
         fc1.weight = torch.nn.Parameter(torch.full_like(fc1.weight, 0.01), requires_grad=False)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias))
+
+
+def _graph_nodes(tensor):
+    """Names of every autograd node behind ``tensor``."""
+    names, stack, seen = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("kernel,stride,channels,bias,per_row", [
+    (3, 2, 24, True, False), (2, 2, 24, False, False), (10, 5, 1, False, False), (10, 5, 1, True, True),
+    (3, 2, 8, True, True)])
+def test_window_conv_gradients_equal_conv1d(kernel, stride, channels, bias, per_row):
+    """The CPU bf16 training path's convolution (window products with a hand-written backward), run in
+    float32 here, gives conv1d's output and gradients: shared weights in the parameter layout, per-utterance
+    weights (a folded GroupNorm), strided chunks and copied first-layer windows."""
+    from speechdistill.models.components import _WindowConv
+    torch.manual_seed(0)
+    batch_size, frames, out_channels = 3, 41, 16
+    x = torch.randn(batch_size, frames, channels, dtype=torch.float64)
+    copied = kernel > stride and kernel * channels <= out_channels
+    x.requires_grad_(not copied)  # copied windows are the waveform: no input gradient
+    if per_row:
+        weight = torch.randn(batch_size, out_channels, kernel * channels, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(batch_size, out_channels, dtype=torch.float64, requires_grad=True) if bias else None
+    else:
+        weight = torch.randn(out_channels, channels, kernel, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(out_channels, dtype=torch.float64, requires_grad=True) if bias else None
+    y = _WindowConv.apply(x, weight, b, kernel, stride, per_row)
+    if per_row:  # one conv1d per utterance with its own [C_out, C_in, k] weight
+        rows = [F.conv1d(x[i:i + 1].transpose(1, 2), weight[i].view(out_channels, kernel, channels).permute(0, 2, 1),
+                         None if b is None else b[i], stride=stride) for i in range(batch_size)]
+        expected = torch.cat(rows).transpose(1, 2)
+    else:
+        expected = F.conv1d(x.transpose(1, 2), weight, b, stride=stride).transpose(1, 2)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn_like(y)
+    inputs = [t for t in (x, weight, b) if t is not None and t.requires_grad]
+    ours = torch.autograd.grad(y, inputs, upstream)
+    reference = torch.autograd.grad(expected, inputs, upstream)
+    for a, r in zip(ours, reference):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+
+
+def test_cnn_and_positional_conv_train_in_bf16_through_the_fast_path_as_accurately_as_autograd():
+    """Under bf16 autocast on CPU the CNN trains through window products and the positional conv through the
+    fused weight norm; their gradients are as close to the float32 ones as autograd's own bf16 path
+    (conv1d, autocast casts)."""
+    ours = ours_from_hf(hf_model("hubert", **dict(SMALL, hidden_dropout=0.0, attention_dropout=0.0,
+                                                  activation_dropout=0.0, feat_proj_dropout=0.0))).train()
+    wavs, lengths = batch([8000, 6500])
+
+    def gradients(precision, fast=True):
+        ours.zero_grad()
+        from speechdistill.models import components
+        saved = (components.ConvBlock.forward, components.PositionalConv.forward)
+        if not fast:  # autograd's own path: what these modules do on a GPU
+            def block_forward(self, x, lengths=None, channel_mask=None):
+                batch_size, frames, channels = x.shape
+                weight, bias = self.product_weights(x, lengths)
+                if weight.dim() == 3:
+                    per_row = weight.view(batch_size, -1, self.kernel, channels).permute(0, 1, 3, 2).reshape(
+                        -1, channels, self.kernel)
+                    y = F.conv1d(x.transpose(1, 2).reshape(1, -1, frames), per_row, bias.reshape(-1),
+                                 stride=self.stride, groups=batch_size).view(batch_size, -1, y_frames(self, frames))
+                else:
+                    y = F.conv1d(x.transpose(1, 2), weight.view(-1, self.kernel, channels).permute(0, 2, 1), bias,
+                                 stride=self.stride)
+                return self._normalize_activate(y.transpose(1, 2), lengths, channel_mask)
+
+            def y_frames(block, frames):
+                return (frames - block.kernel) // block.stride + 1
+
+            def positional_forward(self, x):
+                y = F.conv1d(x.transpose(1, 2), self.weight(), self.bias, padding=self.kernel // 2, groups=self.groups)
+                return F.gelu(y[:, :, :x.shape[1]]).transpose(1, 2)
+            components.ConvBlock.forward, components.PositionalConv.forward = block_forward, positional_forward
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = ours(wavs, lengths)
+            nodes = _graph_nodes(out.hidden_states[-1])
+            sum(h.float()[0, :int(out.lengths[0])].pow(2).mean() for h in out.hidden_states).backward()
+        finally:
+            components.ConvBlock.forward, components.PositionalConv.forward = saved
+        return {n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None}, nodes
+
+    exact, _ = gradients("fp32", fast=False)
+    fast, nodes = gradients("bf16")
+    assert {"_WindowConvBackward", "_TapWeightNormBackward"} <= nodes
+    slow, slow_nodes = gradients("bf16", fast=False)
+    assert "_WindowConvBackward" not in slow_nodes
+    checked = [n for n in exact if n.startswith(("feature_extractor.", "encoder.pos_conv", "pos_conv"))]
+    assert len(checked) >= 8, checked
+    for name in checked:
+        fast_error = float((fast[name] - exact[name]).norm() / exact[name].norm())
+        slow_error = float((slow[name] - exact[name]).norm() / exact[name].norm())
+        assert fast_error < 0.02 and fast_error <= 1.5 * slow_error + 1e-3, (name, fast_error, slow_error)
