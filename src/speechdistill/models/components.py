@@ -527,10 +527,12 @@ class _TapWeightNorm(torch.autograd.Function):
     def forward(ctx: Any, v: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """v: [..., k] float32; g: broadcastable [1, ..., 1, k]. Returns v's shape in ``dtype``."""
         taps = v.shape[-1]
-        norm = torch.linalg.vector_norm(v.reshape(-1, taps), dim=0)  # [k]
-        scale = g.reshape(-1) / norm
-        weight = torch.empty(v.shape, dtype=dtype, device=v.device)
-        torch.mul(v, scale, out=weight)
+        rows = v.reshape(-1, taps)
+        # (Measured on CPU for [36864, 128]: a sum of squares is 5x faster than linalg.vector_norm
+        # over dim 0, and a [1, k] operand broadcasts 5x faster than a [k] one.)
+        norm = (rows * rows).sum(0, keepdim=True).sqrt_()  # [1, k]
+        scale = g.reshape(1, taps) / norm
+        weight = (rows * scale).to(dtype).view(v.shape)
         ctx.save_for_backward(v, norm, scale)
         ctx.g_shape = g.shape
         return weight
@@ -539,14 +541,49 @@ class _TapWeightNorm(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         v, norm, scale = ctx.saved_tensors
         taps = v.shape[-1]
-        product = grad.reshape(-1, taps).float() if grad.dtype != v.dtype else grad.reshape(-1, taps)
-        dot = (product * v.reshape(-1, taps)).sum(0)  # [k]
+        rows = v.reshape(-1, taps)
+        grad_rows = grad.reshape(-1, taps).to(v.dtype, copy=True)
+        dot = (grad_rows * rows).sum(0, keepdim=True)  # [1, k]
         grad_g = (dot / norm).reshape(ctx.g_shape) if ctx.needs_input_grad[1] else None
         grad_v = None
         if ctx.needs_input_grad[0]:
-            grad_v = torch.mul(grad, scale).to(v.dtype)
-            grad_v.addcmul_(v, scale * dot / (norm * norm), value=-1.0)
+            grad_v = grad_rows.mul_(scale).addcmul_(rows, scale * dot / (norm * norm), value=-1.0).view(v.shape)
         return grad_v, grad_g, None
+
+
+class _GroupedConvInputGradByConv(torch.autograd.Function):
+    """``conv1d(x, weight, bias, padding, groups)`` (stride 1) whose input gradient is computed as a forward
+    convolution of the output gradient with the taps reversed and in/out channels swapped per group.
+
+    For the positional conv (k = 128, 16 groups, a few hundred frames) oneDNN's backward-data pass on
+    CPU is 2.3x slower than its forward pass of the same size (12.6 vs 5.4 ms for HuBERT Base's shape,
+    2 x 65 frames, bf16); the weight gradient still comes from oneDNN's backward-weights pass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int,
+                groups: int) -> torch.Tensor:
+        """x: [B, C_in, T] (any strides); weight: [C_out, C_in / groups, k]; returns [B, C_out, T + 2p - k + 1]."""
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.groups, ctx.has_bias = padding, groups, bias is not None
+        return F.conv1d(x, weight, bias, padding=padding, groups=groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        x, weight = ctx.saved_tensors
+        groups, padding = ctx.groups, ctx.padding
+        c_out, c_in_group, kernel = weight.shape
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            swapped = weight.view(groups, c_out // groups, c_in_group, kernel).transpose(1, 2).reshape(
+                groups * c_in_group, c_out // groups, kernel).flip(-1)
+            grad_x = F.conv1d(grad, swapped, None, padding=kernel - 1 - padding, groups=groups)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1], [padding], [1], False, [0], groups, [False, True, False])[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2))
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 class PositionalConv(nn.Module):
@@ -625,8 +662,8 @@ class PositionalConv(nn.Module):
             dtype = compute_dtype(x)
             with torch.autocast(x.device.type, enabled=False):
                 weight = _TapWeightNorm.apply(self.weight_v, self.weight_g, dtype)
-                y = F.conv1d(x.transpose(1, 2).to(dtype), weight, self.bias.to(dtype), padding=self.kernel // 2,
-                             groups=self.groups)
+                y = _GroupedConvInputGradByConv.apply(x.transpose(1, 2).to(dtype), weight, self.bias.to(dtype),
+                                                      self.kernel // 2, self.groups)
             if self.kernel % 2 == 0:
                 y = y[:, :, :-1]
             return F.gelu(y).transpose(1, 2)
