@@ -427,7 +427,8 @@ class ConvBlock(nn.Module):
         per_row = self.folds_group_norm
         copies_windows = k > s and k * channels <= self.out_channels  # (no input gradient through those)
         dtype = compute_dtype(x)
-        if x.device.type == "cpu" and dtype != torch.float32 and not (x.requires_grad and copies_windows):
+        if x.device.type == "cpu" and dtype != torch.float32 and not (x.requires_grad and copies_windows) \
+                and not torch.compiler.is_compiling():  # (torch.compile generates its own kernels)
             # CPU training in bf16/fp16: window products with their own backward (faster than oneDNN's, see
             # _WindowConv; in float32 oneDNN's is faster); the shared weight goes in its parameter layout,
             # so its gradient needs no re-layout
@@ -657,7 +658,7 @@ class PositionalConv(nn.Module):
         if x.device.type == "cpu" and not needs_grad:
             return self._fft_forward(x)
         self._spectrum_cache = None
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
             # the kernel straight in the compute dtype, through the fused weight norm (_TapWeightNorm)
             dtype = compute_dtype(x)
             with torch.autocast(x.device.type, enabled=False):
