@@ -73,7 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         device = torch.device("cuda" if args.device == "cuda" else "cpu")
         sizes = Sizes.for_device(device, args.quick)
         if args.repeats is not None:
-            sizes = dataclasses.replace(sizes, repeats=args.repeats, step_repeats=args.repeats)
+            sizes = dataclasses.replace(sizes, repeats=args.repeats, step_repeats=args.repeats,
+                                        baseline_repeats=args.repeats)
         options = BenchmarkOptions(device=args.device, precision=args.precision, presets=args.preset,
                                    quick=args.quick, threads=args.threads, compile=args.compile, sizes=sizes)
         logging.getLogger("speechdistill.benchmark").info("command: %s", " ".join(sys.argv))
