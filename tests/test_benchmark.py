@@ -63,6 +63,11 @@ def test_quick_run_writes_every_section_with_consistent_figures(quick_run):
     assert set(peaks) == {"fp32", "bf16"}
     assert peaks["fp32"] > 1e8 and peaks["bf16"] > 1e7
     assert result["peak"]["matrix_sizes"] == {"fp32": 512, "bf16": 512}
+    # the limit is the faster of the two kernels (MKL's fp32 GEMM is half of oneDNN's on AMD CPUs)
+    for name, kernels in result["peak"]["flops_by_kernel"].items():
+        assert set(kernels) == {"linear", "conv1d_k1"} and all(v > 1e7 for v in kernels.values())
+        assert peaks[name] == max(kernels.values())
+        assert result["peak"]["kernel"][name] == max(kernels, key=kernels.get)
 
     teacher = result["teacher_forward"]
     audio = teacher["batch"] * teacher["seconds"]

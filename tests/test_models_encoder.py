@@ -417,3 +417,41 @@ def test_cnn_and_positional_conv_train_in_bf16_through_the_fast_path_as_accurate
         fast_error = float((fast[name] - exact[name]).norm() / exact[name].norm())
         slow_error = float((slow[name] - exact[name]).norm() / exact[name].norm())
         assert fast_error < 0.02 and fast_error <= 1.5 * slow_error + 1e-3, (name, fast_error, slow_error)
+
+
+def test_float32_cpu_cnn_runs_channels_first_and_equals_the_time_major_path(monkeypatch):
+    """In float32 on CPU the CNN runs channels-first through oneDNN's conv1d (MKL's float32 GEMM behind the
+    window products is half as fast on AMD CPUs); it gives the time-major path's features, with padding
+    (GroupNorm statistics over valid samples) and a pruned CNN's output scale, in inference and training."""
+    from speechdistill.models.components import ConvFeatureExtractor
+    torch.manual_seed(0)
+    cnn = ConvFeatureExtractor([[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 2, 2]], norm="group", output_scale=True)
+    with torch.no_grad():
+        cnn.output_scale.uniform_(0.5, 1.5)
+        cnn.blocks[0].norm.weight.uniform_(0.5, 1.5)
+        cnn.blocks[0].norm.bias.normal_()
+    wavs, lengths = batch([4000, 2500])
+    assert cnn._channels_first_float32(wavs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not cnn._channels_first_float32(wavs)  # bf16 keeps the window products
+
+    def run(channels_first, grad):
+        monkeypatch.setattr(ConvFeatureExtractor, "_channels_first_float32",
+                            lambda self, w: channels_first)
+        cnn.zero_grad()
+        with torch.set_grad_enabled(grad):
+            features, _ = cnn(wavs, lengths)
+        if not grad:
+            return features, None
+        valid = int(cnn.output_lengths(lengths)[1])
+        (features[1, :valid].pow(2).mean() + features[0].pow(2).mean()).backward()
+        return features.detach(), {n: p.grad.clone() for n, p in cnn.named_parameters()}
+
+    for grad in (False, True):
+        fast, fast_grads = run(True, grad)
+        slow, slow_grads = run(False, grad)
+        assert fast.shape == slow.shape == (2, int(cnn.output_lengths(torch.tensor(4000))), 32)
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+        if grad:
+            for name in slow_grads:
+                torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-6)

@@ -32,14 +32,17 @@ def format_report(result: Dict[str, Any]) -> str:
 
     peak = result.get("peak")
     if peak:
-        lines.append("0. Dense matmul peak (F.linear of two n x n matrices, 2 n^3 FLOP)")
+        lines.append("0. Dense matmul peak (n x n x n product, 2 n^3 FLOP; the faster of F.linear and a kernel-1 conv1d)")
         lines.append("")
-        lines.append("| dtype | n | GFLOP/s | vs fp32 |")
-        lines.append("|---|---:|---:|---:|")
+        by_kernel = peak.get("flops_by_kernel", {})
+        kernels = sorted({k for flops in by_kernel.values() for k in flops})
+        lines.append("| dtype | n | GFLOP/s (peak) | vs fp32 |" + "".join(f" {k} GFLOP/s |" for k in kernels))
+        lines.append("|---|---:|---:|---:|" + "---:|" * len(kernels))
         sizes = peak.get("matrix_sizes", {})
         for name, flops in peak["flops"].items():
             lines.append(f"| {name} | {sizes.get(name, peak['matrix_size'])} | {_g(flops)} | "
-                         f"{flops / peak['flops']['fp32']:.2f}x |")
+                         f"{flops / peak['flops']['fp32']:.2f}x |"
+                         + "".join(f" {_g(by_kernel.get(name, {}).get(k))} |" for k in kernels))
         lines.append("")
 
     teacher = result.get("teacher_forward")

@@ -41,7 +41,7 @@ from .distill_step import (OurDistillStep, Workload, list_methods, method_studen
                            padded, save_random_teacher)
 from .eager_baseline import EagerDistilHubertStep, fixed_count_batches, pad_batch
 from .hf_reference import attention_implementation, build_peer, peer_forward, transformers_version
-from .measure import load_average, matmul_flops, time_interleaved, torch_threads
+from .measure import load_average, matmul_flops_by_kernel, time_interleaved, torch_threads
 
 SAMPLE_RATE = 16000
 BASELINE_METHOD = "distilhubert"
@@ -207,12 +207,12 @@ class Progress:
 
 
 def planned_runs(sizes: Sizes, plan: PrecisionPlan, students: Sequence[str], methods: Sequence[str],
-                 peer: bool) -> int:
+                 peer: bool, peak_kernels: int = 1) -> int:
     per = sizes.warmup + sizes.repeats
     step_per = sizes.warmup + sizes.step_repeats
     reduced = 1 if plan.reduced != "fp32" else 0
     fast = 2 if plan.fast != "fp32" else 1
-    total = per * len(plan.peak_precisions)  # matmul
+    total = per * len(plan.peak_precisions) * peak_kernels  # matmul
     total += per * (1 + (1 if peer else 0)) + (per if plan.native else 1) * reduced  # teacher
     total += per * fast * (len(students) + 1)  # students + teacher reference
     baseline_per = sizes.warmup + sizes.baseline_repeats
@@ -238,10 +238,13 @@ def peak_section(device: torch.device, plan: PrecisionPlan, sizes: Sizes, progre
     progress.section("matmul peak")
     matrix_sizes = {name: sizes.matmul_size if (name == "fp32" or plan.native) else sizes.emulated_matmul_size
                     for name in plan.peak_precisions}
-    flops = matmul_flops(device, {_dtype_of(name): n for name, n in matrix_sizes.items()}, repeats=sizes.repeats,
-                         warmup=sizes.warmup, progress=progress.tick)
-    result = {"matrix_size": sizes.matmul_size, "matrix_sizes": matrix_sizes, "kernel": "torch.nn.functional.linear",
-              "flops": {_dtype_name(None if d == torch.float32 else d): f for d, f in flops.items()}}
+    by_kernel = matmul_flops_by_kernel(device, {_dtype_of(name): n for name, n in matrix_sizes.items()},
+                                       repeats=sizes.repeats, warmup=sizes.warmup, progress=progress.tick)
+    names = {d: _dtype_name(None if d == torch.float32 else d) for d in by_kernel}
+    result = {"matrix_size": sizes.matmul_size, "matrix_sizes": matrix_sizes,
+              "flops": {names[d]: max(k.values()) for d, k in by_kernel.items()},
+              "kernel": {names[d]: max(k, key=k.get) for d, k in by_kernel.items()},
+              "flops_by_kernel": {names[d]: k for d, k in by_kernel.items()}}
     if plan.reduced != "fp32":
         result[f"{plan.reduced}_over_fp32"] = result["flops"][plan.reduced] / result["flops"]["fp32"]
     log.info("matmul peak: %s", ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in result["flops"].items()))
@@ -536,7 +539,8 @@ def run_benchmark(options: BenchmarkOptions, *, show_progress: bool = True) -> D
     started = time.perf_counter()
     result: Dict[str, Any] = {"meta": _meta(device, plan, sizes, options)}
     peer = transformers_version() is not None
-    progress = Progress(planned_runs(sizes, plan, students, methods, peer), enabled=show_progress)
+    progress = Progress(planned_runs(sizes, plan, students, methods, peer,
+                                     peak_kernels=2 if device.type == "cpu" else 1), enabled=show_progress)
     section_seconds: Dict[str, float] = {}
 
     def timed(name: str, section: Callable[[], Dict[str, Any]]) -> None:

@@ -472,6 +472,36 @@ class ConvFeatureExtractor(nn.Module):
     def out_channels(self) -> int:
         return self.blocks[-1].out_channels
 
+    def _channels_first_float32(self, wavs: torch.Tensor) -> bool:
+        """Whether this forward runs channels-first through oneDNN's conv1d: float32 on a CPU (MKL's
+        float32 GEMM, behind the window products, runs at half of oneDNN's speed on AMD processors:
+        ~190 vs ~360 GFLOP/s on an EPYC, the whole CNN 1.9x faster), for CNNs without LayerNorm or
+        channel gates (HuBERT / wav2vec 2.0 Base, WavLM Base, every student copied from them)."""
+        return (wavs.device.type == "cpu" and compute_dtype(wavs) == torch.float32
+                and not torch.compiler.is_compiling()
+                and all(block.gate is None and not isinstance(block.norm, nn.LayerNorm) for block in self.blocks)
+                and all(block.norm is None or block.folds_group_norm for block in self.blocks))
+
+    def _forward_channels_first(self, wavs: torch.Tensor, valid: Optional[List[int]]) -> torch.Tensor:
+        """Float32 CPU forward on contiguous [B, C, T] activations (a folded first-layer GroupNorm
+        becomes one grouped conv1d with per-utterance weights); returns [B, N, C] time-major."""
+        batch = wavs.shape[0]
+        x = wavs.unsqueeze(1)  # [B, 1, T]
+        in_place = not torch.is_grad_enabled()
+        for block in self.blocks:
+            if valid is not None:
+                valid = [max(conv_output_length(n, block.kernel, block.stride), 1) for n in valid]
+            if block.norm is not None:  # folded GroupNorm: per-utterance weights, one group per utterance
+                weight, bias = block.product_weights(x.transpose(1, 2), valid)  # [B, C_out, k * C_in]
+                per_row = weight.view(batch, -1, block.kernel, block.in_channels).permute(0, 1, 3, 2).reshape(
+                    -1, block.in_channels, block.kernel)
+                y = F.conv1d(x.reshape(1, batch * block.in_channels, -1), per_row, bias.reshape(-1),
+                             stride=block.stride, groups=batch).view(batch, block.out_channels, -1)
+            else:
+                y = F.conv1d(x, block.conv.weight, block.conv.bias, stride=block.stride)
+            x = torch.ops.aten.gelu_(y) if in_place else F.gelu(y)
+        return x.transpose(1, 2)
+
     def output_lengths(self, lengths: Union[int, torch.Tensor]):
         """Frames produced from ``lengths`` samples (int or tensor [B])."""
         for block in self.blocks:
@@ -489,11 +519,14 @@ class ConvFeatureExtractor(nn.Module):
         masks = [block.gate() if block.gate is not None else None for block in self.blocks]
         full = lengths is None or bool((lengths == wavs.shape[1]).all())
         valid = None if full else lengths.tolist()
-        x = wavs.unsqueeze(-1)
-        for block, mask in zip(self.blocks, masks):
-            if valid is not None:
-                valid = [max(conv_output_length(n, block.kernel, block.stride), 1) for n in valid]
-            x = block(x, valid, mask)
+        if self._channels_first_float32(wavs):
+            x = self._forward_channels_first(wavs, valid)
+        else:
+            x = wavs.unsqueeze(-1)
+            for block, mask in zip(self.blocks, masks):
+                if valid is not None:
+                    valid = [max(conv_output_length(n, block.kernel, block.stride), 1) for n in valid]
+                x = block(x, valid, mask)
         if self.output_scale is not None:
             x = x * self.output_scale.to(x.dtype)
         return x, masks[-1]
