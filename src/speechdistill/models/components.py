@@ -1,14 +1,15 @@
 """Building blocks of the encoder. Each class does one job; the Encoder assembles them.
 
 Layout: activations are time-major, ``[batch, frame, channel]``, from the first convolution on.
-For CPU inference the CNN computes its convolutions as batched matrix products over windows of
-that layout (a window of k frames is one contiguous run of memory, read in place by BLAS): a
-few large GEMMs per layer, as fast as oneDNN's ``conv1d`` or a little faster, and no transpose
-before the transformer. The GroupNorm after the first convolution is folded into its weights,
-which saves a pass over the largest activation of the model. CPU training in bf16/fp16 uses the
-same window products with a hand-written backward (``_WindowConv``) and a fused weight norm for
-the positional conv (``_TapWeightNorm``); float32 CPU training and GPUs use ``conv1d`` on
-channels-first views of the same tensors.
+On a CPU in bf16/fp16 the CNN computes its convolutions as matrix products over windows of that
+layout (a window of k frames is one contiguous run of memory, read in place by BLAS): a few large
+GEMMs per layer, a little faster than oneDNN's ``conv1d``, and no transpose before the
+transformer; training uses them with a hand-written backward (``_WindowConv``). In float32 on a
+CPU the CNN runs channels-first through oneDNN's ``conv1d`` instead (MKL's float32 GEMM is half as
+fast on AMD processors) and is transposed once at the end. The GroupNorm after the first
+convolution is folded into its weights, which saves a pass over the largest activation of the
+model. The positional conv's weight norm is one fused op on CPUs (``_TapWeightNorm``). GPUs use
+``conv1d`` on channels-first views of the time-major tensors.
 
 Numerics follow fairseq / transformers (GELU with erf, LayerNorm eps 1e-5 in the CNN, GroupNorm
 statistics in float32) so that imported teachers reproduce their reference outputs. Under
