@@ -257,3 +257,15 @@ def test_method_presets_are_the_first_stage_recipes():
     assert "distilhubert" in methods and "robustdistiller" in methods
     assert not any(m.endswith("_final") or m.startswith(("asr_", "augment_")) for m in methods)
     assert method_student("robustdistiller") == "distilhubert"
+
+
+def test_peak_kernels_compute_the_product_they_are_credited_with():
+    """Both peak kernels are credited with 2 n^3 FLOP: each must compute a @ b^T of the full n x n x n size."""
+    from speechdistill.benchmark.measure import MATMUL_KERNELS, dense_products
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 64, generator=generator), torch.randn(64, 64, generator=generator)
+    runs = dense_products(a, b)
+    assert set(runs) == set(MATMUL_KERNELS)
+    expected = a.double() @ b.double().t()
+    torch.testing.assert_close(runs["linear"]().double(), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(runs["conv1d_k1"]()[0].t().double(), expected, rtol=1e-5, atol=1e-4)

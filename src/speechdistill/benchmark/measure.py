@@ -172,6 +172,16 @@ class _Ticking:
 MATMUL_KERNELS = ("linear", "conv1d_k1")
 
 
+def dense_products(a: torch.Tensor, b: torch.Tensor) -> Dict[str, Callable[[], torch.Tensor]]:
+    """``a @ b^T`` ([n, n] each) by every kernel of :data:`MATMUL_KERNELS` the device has: ``linear``
+    returns it as is, ``conv1d_k1`` transposed ([1, n, n]: channels-first, one kernel tap)."""
+    runs: Dict[str, Callable[[], torch.Tensor]] = {"linear": lambda: F.linear(a, b)}
+    if a.device.type == "cpu":
+        channels_first, weight = a.t().contiguous().unsqueeze(0), b.unsqueeze(-1)  # [1, n, n], [n, n, 1]
+        runs["conv1d_k1"] = lambda: F.conv1d(channels_first, weight)
+    return runs
+
+
 def matmul_flops_by_kernel(device: torch.device, sizes: Dict[torch.dtype, int], *, repeats: int, warmup: int = 1,
                            progress: Optional[Callable[[], None]] = None) -> Dict[torch.dtype, Dict[str, float]]:
     """Dense n x n x n product FLOP/s (2 n^3 per product) for each dtype and kernel, interleaved medians.
@@ -187,10 +197,8 @@ def matmul_flops_by_kernel(device: torch.device, sizes: Dict[torch.dtype, int], 
     for dtype, size in sizes.items():
         a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
         b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-        runs[f"{dtype}/linear"] = (lambda a=a, b=b: F.linear(a, b))
-        if device.type == "cpu":
-            channels_first, weight = a.t().contiguous().unsqueeze(0), b.unsqueeze(-1)  # [1, n, n], [n, n, 1]
-            runs[f"{dtype}/conv1d_k1"] = (lambda x=channels_first, w=weight: F.conv1d(x, w))
+        for kernel, run in dense_products(a, b).items():
+            runs[f"{dtype}/{kernel}"] = run
     timings = time_interleaved(runs, device, repeats=repeats, warmup=warmup, progress=progress)
     result: Dict[torch.dtype, Dict[str, float]] = {}
     for name, timing in timings.items():
