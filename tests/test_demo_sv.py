@@ -163,6 +163,15 @@ def test_demo_sv_names_an_unknown_system(recipe):
     assert "no conf/demo/nosuch.yaml; systems: ecapa_fbank oskdft random_student ssl_frozen" in done.stdout
 
 
+@pytest.mark.parametrize("seeds,message", [("0 x", "--seeds takes non-negative integers, got 'x'"),
+                                           ("0 1 1", "--seeds '0 1 1' repeats a seed"),
+                                           ("", "--seeds is empty")])
+def test_demo_sv_rejects_bad_seeds_before_any_stage(recipe, seeds, message):
+    done = demo(recipe, "--systems", "oskdft", "--seeds", seeds)
+    assert done.returncode == 1 and message in done.stdout, done.stdout + done.stderr
+    assert "run.sh" not in done.stdout + done.stderr  # no stage started
+
+
 def test_det_axes_cover_weak_systems(tmp_path):
     """The demo's EERs are 15-45 %: the DET axes then reach 99 % instead of stopping at 50 %, right past the
     EER; good systems keep the usual 0.05-50 % view."""

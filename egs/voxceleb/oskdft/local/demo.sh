@@ -43,6 +43,14 @@ for system in ${systems}; do
     [ -f "conf/demo/${system}.yaml" ] || { log "error: no conf/demo/${system}.yaml; systems: $(cd conf/demo && ls -- *.yaml \
         | grep -v pretrain | sed 's/\.yaml$//' | paste -sd ' ')"; exit 1; }
 done
+# --seeds before any stage runs: a bad value would otherwise surface after the teacher's pretraining
+read -r -a seed_list <<< "${seeds}"
+[ "${#seed_list[@]}" -gt 0 ] || { log "error: --seeds is empty; give at least one seed, e.g. --seeds 0"; exit 1; }
+for seed in "${seed_list[@]}"; do
+    [[ "${seed}" =~ ^[0-9]+$ ]] || { log "error: --seeds takes non-negative integers, got '${seed}'"; exit 1; }
+done
+[ "$(printf '%s\n' "${seed_list[@]}" | sort -u | wc -l)" -eq "${#seed_list[@]}" ] \
+    || { log "error: --seeds '${seeds}' repeats a seed (each seed is one run with its own exp dir)"; exit 1; }
 if [ "${ngpu}" = auto ]; then
     ngpu=$(python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
 fi
@@ -80,11 +88,6 @@ wait "${stage2}" || { log "error: stage 2 failed (see exp/log/pretrain_hubert.lo
 teacher_line=$(grep '^teacher=' exp/teacher/.stage2.done)
 
 # the runs: "<name> <system> <seed>", every seed of the students first (they take longest), then the baselines
-read -r -a seed_list <<< "${seeds}"
-[ "${#seed_list[@]}" -gt 0 ] || { log "error: --seeds is empty; give at least one seed, e.g. --seeds 0"; exit 1; }
-for seed in "${seed_list[@]}"; do
-    [[ "${seed}" =~ ^[0-9]+$ ]] || { log "error: --seeds takes non-negative integers, got '${seed}'"; exit 1; }
-done
 is_student() { grep -q '^system: oskdft' "conf/demo/$1.yaml"; }
 runs=()
 for index in "${!seed_list[@]}"; do
