@@ -298,14 +298,18 @@ def test_frozen_weight_casts_are_kept_and_give_what_autocast_gives():
         assert torch.equal(F.linear(x, weight, bias),
                            F.linear(x, torch.cat([m.weight for m in parts]), torch.cat([m.bias for m in parts])))
         cached = ours(wavs, lengths).hidden_states
-        kept = fc1.__dict__["_frozen_operands"]["linear"][1][0]
+        kept = fc1.__dict__["_frozen_operands"][("linear", torch.bfloat16)][1][0]
         assert kept.dtype == torch.bfloat16
         again = ours(wavs, lengths).hidden_states
-        assert fc1.__dict__["_frozen_operands"]["linear"][1][0] is kept  # reused, not re-cast
+        assert fc1.__dict__["_frozen_operands"][("linear", torch.bfloat16)][1][0] is kept  # reused, not re-cast
+        with torch.autocast("cpu", enabled=False):  # an fp32 pass in between keeps its own entry
+            assert ours(wavs, lengths).hidden_states[-1].dtype == torch.float32
+        assert fc1.__dict__["_frozen_operands"][("linear", None)][1][0] is fc1.weight
+        assert fc1.__dict__["_frozen_operands"][("linear", torch.bfloat16)][1][0] is kept
         assert all(torch.equal(a, b) for a, b in zip(cached, again))
         fc1.weight.mul_(0.5)
         changed = ours(wavs, lengths).hidden_states
-        assert fc1.__dict__["_frozen_operands"]["linear"][1][0] is not kept
+        assert fc1.__dict__["_frozen_operands"][("linear", torch.bfloat16)][1][0] is not kept
         assert not torch.equal(changed[-1], cached[-1])
     with torch.no_grad():  # autocast off: fp32 operands, not the bf16 copies
         assert frozen_operands(fc1, "linear", (fc1.weight, fc1.bias), tuple)[0].dtype == torch.float32

@@ -54,8 +54,10 @@ def frozen_operands(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
     equals the one autocast would do inside the matrix product (weights and biases both go to the
     autocast dtype), so results do not change. The cache is valid for the same parameter objects
     (held, so that a freed tensor's address cannot be reused by a new one) at the same version
-    counters, storage, dtype and device, and the same autocast dtype; an in-place update, ``.to()``
-    or a replaced parameter invalidates it.
+    counters, storage, dtype and device; an in-place update, ``.to()`` or a replaced parameter
+    invalidates it. Each autocast dtype (and autocast off) has its own entry, so a model run
+    alternately in two precisions (a benchmark, an fp32 check between bf16 passes) does not re-cast
+    on every switch.
     """
     if (torch.is_grad_enabled() and any(p.requires_grad for p in parts)) or torch.compiler.is_compiling() \
             or any(p.is_inference() for p in parts):  # (inference tensors have no version counter)
@@ -64,7 +66,8 @@ def frozen_operands(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
     cast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     state = (cast,) + tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in parts)
     cache = owner.__dict__.setdefault("_frozen_operands", {})
-    cached = cache.get(slot)
+    key = (slot, cast)
+    cached = cache.get(key)
     if cached is None or not _same_parameters(cached[0], parts, state):
         # normal tensors even under inference_mode, so that a later grad-enabled call may use them
         with torch.inference_mode(False), torch.no_grad():
@@ -72,7 +75,7 @@ def frozen_operands(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
             if cast is not None:
                 values = tuple(v.to(cast) if v.dtype == torch.float32 else v for v in values)
         cached = ((tuple(parts), state), values)
-        cache[slot] = cached
+        cache[key] = cached
     return cached[1]
 
 
