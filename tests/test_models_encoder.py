@@ -423,6 +423,28 @@ def test_cnn_and_positional_conv_train_in_bf16_through_the_fast_path_as_accurate
         assert fast_error < 0.02 and fast_error <= 1.5 * slow_error + 1e-3, (name, fast_error, slow_error)
 
 
+def test_tap_weight_norm_equals_autograd_over_several_row_blocks():
+    """The positional conv's fused weight norm (reductions over ~1 MiB row blocks) gives the plain
+    expression's weight and gradients in float64, for a kernel of 3 row blocks and a partial one, and
+    its bf16 output is the float64 weight rounded once."""
+    from speechdistill.models.components import _TapWeightNorm
+    torch.manual_seed(0)
+    v = torch.randn(50, 107, 128, dtype=torch.float64, requires_grad=True)  # 5350 rows of 128 taps: 2048 per block
+    g = torch.rand(1, 1, 128, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(50, 107, 128, dtype=torch.float64)
+    reference = v * (g / torch.linalg.vector_norm(v, dim=(0, 1), keepdim=True))
+    ref_v, ref_g = torch.autograd.grad(reference, (v, g), upstream)
+    fused = _TapWeightNorm.apply(v, g, torch.float64)
+    fused_v, fused_g = torch.autograd.grad(fused, (v, g), upstream)
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused_v, ref_v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused_g, ref_g, rtol=1e-10, atol=1e-12)
+    in_bf16 = _TapWeightNorm.apply(v.detach().float(), g.detach().float(), torch.bfloat16)
+    assert in_bf16.dtype == torch.bfloat16
+    exact = reference.detach()
+    assert bool(((in_bf16.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-30).all())  # one bf16 rounding
+
+
 def test_float32_cpu_cnn_runs_channels_first_and_equals_the_time_major_path(monkeypatch):
     """In float32 on CPU the CNN runs channels-first through oneDNN's conv1d (MKL's float32 GEMM behind the
     window products is half as fast on AMD CPUs); it gives the time-major path's features, with padding
@@ -459,3 +481,42 @@ def test_float32_cpu_cnn_runs_channels_first_and_equals_the_time_major_path(monk
         if grad:
             for name in slow_grads:
                 torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_exactly(p):
+    """The CPU dropout (four 16-bit draws per 64-bit random word) keeps 1 - p of the elements at every
+    position of the word (a draw with a constant top bit, as from a 63-bit word, would keep 0.925 or
+    1.0 at one of them for p = 0.1), scales the kept ones by the exact inverse of their keep probability,
+    passes the gradient through the same mask, and repeats under the same seed."""
+    from speechdistill.models.components import Dropout, dropout
+    x = torch.rand(1000, 1000, dtype=torch.float64) + 0.5
+    x.requires_grad_(True)
+    torch.manual_seed(0)
+    y = dropout(x, p)
+    kept = y != 0
+    for slot in range(4):  # positions 0..3 of each 64-bit word
+        fraction = float(kept.flatten()[slot::4].double().mean())
+        assert abs(fraction - (1 - p)) < 0.004, (slot, fraction)
+    scale = 65536 / (65536 - round(p * 65536))
+    torch.testing.assert_close(y[kept], x.detach()[kept] * scale, rtol=0, atol=0)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.double() * scale, rtol=0, atol=0)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x.detach(), p), y.detach())
+    layer = Dropout(p)
+    assert torch.equal(layer.eval()(x), x) and repr(layer) == f"Dropout(p={p})"
+    half = torch.randn(2, 129, 3072).to(torch.bfloat16)
+    assert dropout(half, p).dtype == torch.bfloat16
+    assert torch.equal(dropout(half, 1.0), torch.zeros_like(half)) and dropout(half, 0.0) is half
+
+
+def test_window_conv_bias_gradient_sums_frames_blockwise_in_float32():
+    """The window-conv bias gradient sums bf16 frames in float32 over blocks of frames (4 blocks and a
+    partial one here) and equals the float64 sum to float32 accuracy."""
+    from speechdistill.models.components import _sum_over_frames
+    torch.manual_seed(0)
+    x = torch.randn(2, 1100, 512).to(torch.bfloat16)
+    total = _sum_over_frames(x, torch.float32)
+    assert total.dtype == torch.float32 and total.shape == (2, 512)
+    torch.testing.assert_close(total.double(), x.double().sum(1), rtol=1e-5, atol=1e-4)

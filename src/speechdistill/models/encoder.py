@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .components import (ConvFeatureExtractor, FeedForward, ParallelAdapter, PositionalConv, SelfAttention,
+from .components import (ConvFeatureExtractor, Dropout, FeedForward, ParallelAdapter, PositionalConv, SelfAttention,
                          TransformerLayer, masked_layer_norm, relative_position_buckets)
 from .config import EncoderConfig
 from .grad import grad_multiply, layer_grad_split
@@ -78,11 +78,11 @@ class Encoder(nn.Module):
         channels = c.conv_channels
         self.feature_norm = nn.LayerNorm(channels, eps=c.layer_norm_eps) if c.feature_layer_norm else None
         self.feature_projection = nn.Linear(channels, c.hidden_size) if c.feature_projection else None
-        self.dropout_input = nn.Dropout(c.dropout_input)
+        self.dropout_input = Dropout(c.dropout_input)
         self.mask_embedding = nn.Parameter(torch.empty(c.hidden_size).uniform_()) if c.mask_embedding else None
         self.pos_conv = PositionalConv(c.hidden_size, c.pos_conv_kernel, c.pos_conv_groups)
         self.encoder_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         if c.relative_position_bias:
             self.relative_position_embedding: Optional[nn.Embedding] = nn.Embedding(c.num_buckets, c.num_heads)
         else:
