@@ -106,8 +106,9 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
 
     ``bernoulli_`` draws one 32-bit random number per element (4.8 ms for a [2, 129, 3072] bf16
     activation on the reference CPU); here each 64-bit random word gives four 16-bit uniform draws,
-    an element is kept when its draw is at least round(p * 2^16) (1.2 ms with the multiply). The
-    kept values are scaled by the exact inverse of that keep probability, so the expectation is x.
+    and an element is kept when its draw is at least round(p * 2^16) (1.2 ms with the masking;
+    forward + backward 2.5 vs 4.3-5.3 ms). The kept values are scaled by the exact inverse of that
+    keep probability, so the expectation is x.
     """
     if not training or p == 0.0:
         return x
@@ -117,7 +118,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     count = x.numel()
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
     keep = words.view(torch.int16)[:count].view(x.shape) >= dropped - 32768
-    return (x * keep).mul_(65536.0 / (65536 - dropped))
+    # where(), not a multiply by the mask: no cast of the mask to x's dtype, forward or backward
+    return torch.where(keep, x, 0.0).mul_(65536.0 / (65536 - dropped))
 
 
 class Dropout(nn.Module):
