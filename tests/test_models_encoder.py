@@ -412,7 +412,7 @@ def test_cnn_and_positional_conv_train_in_bf16_through_the_fast_path_as_accurate
 
     exact, _ = gradients("fp32", fast=False)
     fast, nodes = gradients("bf16")
-    assert {"_WindowConvBackward", "_TapWeightNormBackward"} <= nodes
+    assert {"_WindowConvBackward", "_TapWeightNormBackward", "_GroupedConvByWindowsBackward"} <= nodes
     slow, slow_nodes = gradients("bf16", fast=False)
     assert "_WindowConvBackward" not in slow_nodes
     checked = [n for n in exact if n.startswith(("feature_extractor.", "encoder.pos_conv", "pos_conv"))]
@@ -520,3 +520,26 @@ def test_window_conv_bias_gradient_sums_frames_blockwise_in_float32():
     total = _sum_over_frames(x, torch.float32)
     assert total.dtype == torch.float32 and total.shape == (2, 512)
     torch.testing.assert_close(total.double(), x.double().sum(1), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,groups,block", [(8, 4, None), (7, 3, None), (8, 4, 64), (5, 3, 5)])
+def test_grouped_conv_by_windows_equals_conv1d(kernel, groups, block, monkeypatch):
+    """The positional conv's bf16 CPU training path (window products per group and block of frames) gives
+    conv1d's "same"-length output and all three gradients in float64: even and odd kernels, one block or
+    many (a block smaller than one frame of every utterance still takes one)."""
+    from speechdistill.models.components import _GroupedConvByWindows
+    if block is not None:
+        monkeypatch.setattr(_GroupedConvByWindows, "BLOCK_ELEMENTS", block)
+    torch.manual_seed(0)
+    batch_size, frames, channels = 3, 41, 24
+    x = torch.randn(batch_size, frames, channels, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(channels, channels // groups, kernel, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(channels, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(batch_size, frames, channels, dtype=torch.float64)
+    ours = _GroupedConvByWindows.apply(x, weight, bias, groups)
+    reference = F.conv1d(x.transpose(1, 2), weight, bias, padding=kernel // 2, groups=groups)[:, :, :frames]
+    reference = reference.transpose(1, 2)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(ours, (x, weight, bias), upstream),
+                         torch.autograd.grad(reference, (x, weight, bias), upstream)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
