@@ -280,43 +280,63 @@ def test_positional_conv_fft_path_matches_conv1d_across_cached_sizes_and_weight_
     torch.testing.assert_close(fast, reference(x), rtol=1e-4, atol=1e-5)
 
 
-def test_frozen_weight_casts_are_kept_and_give_what_autocast_gives():
-    """A frozen model under bf16 autocast keeps bf16 copies of its projection weights: each product
-    equals autocast's own (which casts the fp32 weight inside F.linear), the copies are reused by the
-    next forward, and an in-place weight update is seen by the next forward."""
+@pytest.mark.parametrize("onednn", [False, True])
+def test_frozen_weight_casts_are_kept_and_give_what_autocast_gives(onednn, monkeypatch):
+    """A frozen model keeps its projection weights ready for each precision: bf16 copies for F.linear, or
+    (on CPUs with oneDNN) copies packed for oneDNN's matmul with the FFN's GELU fused. Each product equals
+    autocast's own F.linear (exactly for F.linear; to bf16 / float32 rounding when packed), the kept
+    operands are reused by the next forward, an fp32 pass keeps its own entry, and an in-place update or a
+    replaced parameter is seen by the next forward."""
+    from speechdistill.models import components
     from speechdistill.models.components import frozen_linear, frozen_operands
+    monkeypatch.setitem(components._ONEDNN_LINEAR, "enabled", onednn and components._ONEDNN_LINEAR["enabled"])
+    if onednn and not components._ONEDNN_LINEAR["enabled"]:
+        pytest.skip("this torch build has no oneDNN")
+    slot = "linear/onednn" if onednn else "linear"
     ours = ours_from_hf(hf_model("hubert", **SMALL))
     wavs, lengths = batch([8000, 5000])
     attention = ours.layers[0].attention
     fc1 = ours.layers[0].feed_forward.fc1
     x = torch.randn(2, 7, fc1.in_features)
+
+    def close(got, want, dtype):
+        if not onednn:
+            assert torch.equal(got, want)
+        else:
+            assert got.dtype == want.dtype == dtype
+            tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-5
+            torch.testing.assert_close(got.float(), want.float(), rtol=tolerance, atol=tolerance)
+
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias))
+        close(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias), torch.bfloat16)
+        close(frozen_linear(fc1, x, gelu=True), F.gelu(F.linear(x, fc1.weight, fc1.bias)), torch.bfloat16)
         weight, bias = attention._fused_projection()
         assert weight.dtype == torch.bfloat16 and bias.dtype == torch.bfloat16
         parts = (attention.q_proj, attention.k_proj, attention.v_proj)
         assert torch.equal(F.linear(x, weight, bias),
                            F.linear(x, torch.cat([m.weight for m in parts]), torch.cat([m.bias for m in parts])))
         cached = ours(wavs, lengths).hidden_states
-        kept = fc1.__dict__["_frozen_operands"][("linear", torch.bfloat16)][1][0]
-        assert kept.dtype == torch.bfloat16
+        kept = fc1.__dict__["_frozen_operands"][(slot, torch.bfloat16)][1][0]
+        assert kept.dtype == torch.bfloat16 and kept.is_mkldnn == onednn
         again = ours(wavs, lengths).hidden_states
-        assert fc1.__dict__["_frozen_operands"][("linear", torch.bfloat16)][1][0] is kept  # reused, not re-cast
+        assert fc1.__dict__["_frozen_operands"][(slot, torch.bfloat16)][1][0] is kept  # reused, not re-cast
         with torch.autocast("cpu", enabled=False):  # an fp32 pass in between keeps its own entry
+            close(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias), torch.float32)
             assert ours(wavs, lengths).hidden_states[-1].dtype == torch.float32
-        assert fc1.__dict__["_frozen_operands"][("linear", None)][1][0] is fc1.weight
-        assert fc1.__dict__["_frozen_operands"][("linear", torch.bfloat16)][1][0] is kept
+        kept_fp32 = fc1.__dict__["_frozen_operands"][(slot, None)][1][0]
+        assert kept_fp32 is fc1.weight if not onednn else kept_fp32.dtype == torch.float32 and kept_fp32.is_mkldnn
+        assert fc1.__dict__["_frozen_operands"][(slot, torch.bfloat16)][1][0] is kept
         assert all(torch.equal(a, b) for a, b in zip(cached, again))
         fc1.weight.mul_(0.5)
         changed = ours(wavs, lengths).hidden_states
-        assert fc1.__dict__["_frozen_operands"][("linear", torch.bfloat16)][1][0] is not kept
+        assert fc1.__dict__["_frozen_operands"][(slot, torch.bfloat16)][1][0] is not kept
         assert not torch.equal(changed[-1], cached[-1])
     with torch.no_grad():  # autocast off: fp32 operands, not the bf16 copies
         assert frozen_operands(fc1, "linear", (fc1.weight, fc1.bias), tuple)[0].dtype == torch.float32
         # a replaced parameter (not an in-place update) is a different object: the cache is not reused
         fc1.weight = torch.nn.Parameter(torch.full_like(fc1.weight, 0.01), requires_grad=False)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert torch.equal(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias))
+            close(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias), torch.bfloat16)
 
 
 def _graph_nodes(tensor):

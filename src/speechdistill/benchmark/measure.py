@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.profiling import measure as interleaved_medians
+from ..models.components import onednn_linear, onednn_linear_supports, pack_for_onednn
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -169,16 +170,21 @@ class _Ticking:
         return result
 
 
-MATMUL_KERNELS = ("linear", "conv1d_k1")
+MATMUL_KERNELS = ("linear", "conv1d_k1", "linear_onednn")
 
 
 def dense_products(a: torch.Tensor, b: torch.Tensor) -> Dict[str, Callable[[], torch.Tensor]]:
     """``a @ b^T`` ([n, n] each) by every kernel of :data:`MATMUL_KERNELS` the device has: ``linear``
-    returns it as is, ``conv1d_k1`` transposed ([1, n, n]: channels-first, one kernel tap)."""
+    and ``linear_onednn`` (oneDNN's matmul on a weight packed beforehand, as a frozen model's projections
+    run on CPUs: :func:`speechdistill.models.components.frozen_product`) return it as is, ``conv1d_k1``
+    transposed ([1, n, n]: channels-first, one kernel tap)."""
     runs: Dict[str, Callable[[], torch.Tensor]] = {"linear": lambda: F.linear(a, b)}
     if a.device.type == "cpu":
         channels_first, weight = a.t().contiguous().unsqueeze(0), b.unsqueeze(-1)  # [1, n, n], [n, n, 1]
         runs["conv1d_k1"] = lambda: F.conv1d(channels_first, weight)
+        if onednn_linear_supports(a.device, a.dtype):
+            packed = pack_for_onednn(b, a.shape[0])
+            runs["linear_onednn"] = lambda: onednn_linear(a, packed, None)
     return runs
 
 
@@ -186,11 +192,11 @@ def matmul_flops_by_kernel(device: torch.device, sizes: Dict[torch.dtype, int], 
                            progress: Optional[Callable[[], None]] = None) -> Dict[torch.dtype, Dict[str, float]]:
     """Dense n x n x n product FLOP/s (2 n^3 per product) for each dtype and kernel, interleaved medians.
 
-    Kernels: ``linear`` (``F.linear``, behind every linear layer: MKL for float32 on CPUs, oneDNN for
-    bf16) and, on CPUs, ``conv1d_k1`` (the same product as a kernel-1 ``conv1d``, always oneDNN). They
+    Kernels: ``linear`` (``F.linear``, behind every linear layer in training: MKL for float32 on CPUs,
+    oneDNN for bf16) and, on CPUs, ``conv1d_k1`` (the same product as a kernel-1 ``conv1d``, always
+    oneDNN) and ``linear_onednn`` (oneDNN's matmul on a pre-packed weight, as frozen models run). They
     differ by 2x on some CPUs: MKL's float32 GEMM does not use AVX-512 on AMD processors (measured on an
-    EPYC: 197 vs 363 GFLOP/s), so the faster of the two is the device's limit. ``sizes`` maps each dtype
-    to its n.
+    EPYC: 197 vs 363 GFLOP/s), so the fastest is the device's limit. ``sizes`` maps each dtype to its n.
     """
     generator = torch.Generator().manual_seed(0)
     runs: Dict[str, Callable[[], Any]] = {}

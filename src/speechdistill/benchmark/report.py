@@ -32,7 +32,8 @@ def format_report(result: Dict[str, Any]) -> str:
 
     peak = result.get("peak")
     if peak:
-        lines.append("0. Dense matmul peak (n x n x n product, 2 n^3 FLOP; the faster of F.linear and a kernel-1 conv1d)")
+        lines.append("0. Dense matmul peak (n x n x n product, 2 n^3 FLOP; the fastest of F.linear, a kernel-1 conv1d "
+                     "and oneDNN's matmul on a packed weight)")
         lines.append("")
         by_kernel = peak.get("flops_by_kernel", {})
         kernels = sorted({k for flops in by_kernel.values() for k in flops})
@@ -138,10 +139,11 @@ def format_report(result: Dict[str, Any]) -> str:
     if targets:
         lines.append("Targets")
         lines.append("")
-        lines.append("| target | measured | bound | met |")
-        lines.append("|---|---:|---:|---|")
+        lines.append("| target | measured | bound | met | context (same run) |")
+        lines.append("|---|---:|---:|---|---|")
         for target in targets:
             value = "n/a" if target["value"] is None else f"{target['value']:.2f}"
             met = "n/a" if target["met"] is None else ("yes" if target["met"] else "no")
-            lines.append(f"| {target['name']} | {value} | {target['relation']} {target['target']:g} | {met} |")
+            lines.append(f"| {target['name']} | {value} | {target['relation']} {target['target']:g} | {met} "
+                         f"| {target.get('context', '')} |")
     return "\n".join(lines)
