@@ -563,3 +563,18 @@ def test_grouped_conv_by_windows_equals_conv1d(kernel, groups, block, monkeypatc
     for got, want in zip(torch.autograd.grad(ours, (x, weight, bias), upstream),
                          torch.autograd.grad(reference, (x, weight, bias), upstream)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_frozen_linear_handles_empty_inputs_and_fully_pruned_layers():
+    """Zero rows, or a layer with every unit pruned ([0, D] weight), give F.linear's (empty) result and
+    leave the oneDNN path switched on for the layers after them."""
+    from speechdistill.models import components
+    from speechdistill.models.components import frozen_linear, linear
+    enabled = components._ONEDNN_LINEAR["enabled"]
+    pruned, full = linear(8, 0).requires_grad_(False), linear(8, 4).requires_grad_(False)
+    with torch.no_grad():
+        assert frozen_linear(pruned, torch.randn(3, 8)).shape == (3, 0)
+        assert frozen_linear(full, torch.randn(0, 8)).shape == (0, 4)
+        x = torch.randn(3, 8)
+        torch.testing.assert_close(frozen_linear(full, x, gelu=True), F.gelu(F.linear(x, full.weight, full.bias)))
+    assert components._ONEDNN_LINEAR["enabled"] == enabled

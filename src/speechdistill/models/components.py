@@ -117,8 +117,9 @@ def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Te
 
 
 def _packs_linear(x: torch.Tensor, parts: Sequence[torch.Tensor], dtype: torch.dtype) -> bool:
-    return (x.dim() >= 2 and dtype in _ONEDNN_LINEAR["dtypes"] and onednn_linear_supports(x.device, dtype)
-            and _is_frozen(parts))
+    # (empty inputs and fully pruned layers, [0, D] weights, stay on F.linear)
+    return (x.dim() >= 2 and x.numel() > 0 and all(p.numel() > 0 for p in parts)
+            and dtype in _ONEDNN_LINEAR["dtypes"] and onednn_linear_supports(x.device, dtype) and _is_frozen(parts))
 
 
 def frozen_product(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
