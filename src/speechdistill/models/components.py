@@ -867,14 +867,22 @@ class _GroupedConvByWindows(torch.autograd.Function):
         grouped_grad = grad.view(batch, frames, groups, out_group).permute(2, 0, 1, 3)  # [G, B, T, C_out]
         if ctx.needs_input_grad[1]:
             padded = _group_major_padded(x, groups, left, kernel - 1 - left)
-            accumulate = torch.promote_types(x.dtype, torch.float32)
-            total = torch.zeros(groups, out_group, in_group * kernel, dtype=accumulate, device=x.device)
             buffer = _GroupedConvByWindows._buffer(x, batch, in_group * kernel)
+            # One block per group (short batches): each product is the gradient, written in place. Several:
+            # summed in float32 (oneDNN's bf16 backward also rounds its float32 accumulator once).
+            single = buffer.shape[0] // batch >= frames and weight.dtype == x.dtype == grad.dtype
+            accumulate = weight.dtype if single else torch.promote_types(x.dtype, torch.float32)
+            total = torch.empty(groups, out_group, in_group * kernel, dtype=accumulate, device=x.device)
             for group in range(groups):
                 for start, block in _window_blocks(padded[group], frames, kernel, buffer):
                     count = block.shape[0] // batch
                     rows_grad = grouped_grad[group, :, start:start + count].reshape(-1, out_group)
-                    total[group] += torch.mm(rows_grad.t(), block)
+                    if single:
+                        torch.mm(rows_grad.t(), block, out=total[group])
+                    elif start == 0:
+                        total[group].copy_(torch.mm(rows_grad.t(), block))
+                    else:
+                        total[group] += torch.mm(rows_grad.t(), block)
             grad_weight = total.view(out_channels, in_group, kernel).to(weight.dtype)
         if ctx.needs_input_grad[0]:
             # x[u] fed outputs t = u + left - j (tap j): its gradient sums grad[u + left - j] * w[:, :, j].
