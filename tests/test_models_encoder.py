@@ -578,3 +578,36 @@ def test_frozen_linear_handles_empty_inputs_and_fully_pruned_layers():
         x = torch.randn(3, 8)
         torch.testing.assert_close(frozen_linear(full, x, gelu=True), F.gelu(F.linear(x, full.weight, full.bias)))
     assert components._ONEDNN_LINEAR["enabled"] == enabled
+
+
+@pytest.mark.parametrize("kernel,stride,channels,per_row", [(3, 2, 24, False), (10, 5, 1, True), (3, 2, 8, True)])
+def test_window_conv_computes_only_valid_frames_and_matches_conv1d_on_them(kernel, stride, channels, per_row):
+    """With per-utterance valid output frames, the window products compute only those (the others are 0)
+    and give conv1d's values on them and conv1d's gradients of a loss over them."""
+    from speechdistill.models.components import _WindowConv
+    torch.manual_seed(0)
+    batch_size, frames, out_channels = 3, 41, 16
+    x = torch.randn(batch_size, frames, channels, dtype=torch.float64)
+    copied = kernel > stride and kernel * channels <= out_channels
+    x.requires_grad_(not copied)
+    shape = (batch_size, out_channels, kernel * channels) if per_row else (out_channels, channels, kernel)
+    weight = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(*((batch_size, out_channels) if per_row else (out_channels,)), dtype=torch.float64,
+                       requires_grad=True)
+    out_frames = (frames - kernel) // stride + 1
+    rows = [out_frames, out_frames - 5, 3]
+    valid = (torch.arange(out_frames)[None, :] < torch.tensor(rows)[:, None])[..., None]
+    ours = _WindowConv.apply(x, weight, bias, kernel, stride, per_row, rows)
+    assert bool((ours[~valid.expand_as(ours)] == 0).all())
+    if per_row:
+        per_utt = weight.view(batch_size, out_channels, kernel, channels).permute(0, 1, 3, 2)
+        reference = torch.stack([F.conv1d(x[b].t()[None], per_utt[b], bias[b], stride=stride)[0].t()
+                                 for b in range(batch_size)])
+    else:
+        reference = F.conv1d(x.transpose(1, 2), weight, bias, stride=stride).transpose(1, 2)
+    torch.testing.assert_close(ours * valid, reference * valid, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(ours)
+    inputs = [t for t in (x, weight, bias) if t.requires_grad]
+    for got, want in zip(torch.autograd.grad((ours * upstream).sum(), inputs),
+                         torch.autograd.grad((reference * valid * upstream).sum(), inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

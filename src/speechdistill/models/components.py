@@ -252,6 +252,20 @@ def _time_major_group_norm(x: torch.Tensor, lengths: Optional[List[int]], weight
     return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
 
+def _zero_padded_frames(y: torch.Tensor, lengths: Optional[Sequence[int]], time_dim: int = 1) -> torch.Tensor:
+    """``y`` with each utterance's frames from ``lengths[b]`` on set to 0, in place (None: unchanged).
+
+    Every path of the CNN gives padded frames this one value (the CPU window products do not compute
+    them at all); valid frames never read them, and the encoder zeroes them again after the projection."""
+    if lengths is None:
+        return y
+    frames = y.shape[time_dim]
+    for row, count in enumerate(lengths):
+        if count < frames:
+            y[row].narrow(time_dim - 1, count, frames - count).zero_()
+    return y
+
+
 def _per_row_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     """conv1d with its own weights per utterance (a folded GroupNorm) as one grouped conv1d.
 
@@ -281,49 +295,53 @@ def _windows(x: torch.Tensor, start: int, taps: int, kernel: int, stride: int) -
                         x.storage_offset() + start * channels)
 
 
+def _valid_rows(rows: Optional[Sequence[int]], batch: int, out_frames: int) -> List[int]:
+    """Valid output frames per utterance, at most ``out_frames`` (all of them when ``rows`` is None)."""
+    return [out_frames] * batch if rows is None else [min(int(n), out_frames) for n in rows]
+
+
 def window_products(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kernel: int,
-                    stride: int) -> torch.Tensor:
+                    stride: int, rows: Optional[Sequence[int]] = None) -> torch.Tensor:
     """A strided 1-D convolution of time-major ``x`` as matrix products over its windows.
 
     Taps are taken in chunks of at most ``stride`` frames (:func:`_tap_chunks`), so a layer is 1-2
     large GEMMs per utterance with no im2col copy (one per utterance rather than one batched product:
     a shared weight expanded over the batch is copied by ``bmm``, a per-utterance ``mm`` reads it in
     place); narrow overlapping windows (the first layer: 10 samples of one channel) are copied
-    instead, which is cheaper than a second pass over the much wider output.
+    instead, which is cheaper than a second pass over the much wider output. Only each utterance's
+    valid output frames (``rows``) are computed; the frames after them are 0: a valid frame never
+    reads them, and the encoder zeroes padded frames before anything mixes frames.
 
     Args:
         x: [B, T, C_in], contiguous; weight: [C_out, K] or per row [B, C_out, K] with K = kernel * C_in
             in (tap, channel) order; bias: None, [C_out] or [B, C_out]. All in one dtype.
+        rows: valid output frames per utterance (None: all).
     Returns:
         [B, T_out, C_out], T_out = (T - kernel) // stride + 1.
     """
     batch, frames, channels = x.shape
     out_frames = conv_output_length(frames, kernel, stride)
+    valid = _valid_rows(rows, batch, out_frames)
     out = torch.empty(batch, out_frames, weight.shape[-2], dtype=x.dtype, device=x.device)
-    if _copies_windows(kernel, stride, channels, weight.shape[-2]):
-        windows = x.unfold(1, kernel, stride).transpose(-1, -2).reshape(batch, out_frames, kernel * channels)
-        if weight.dim() == 2:
-            weight = weight.unsqueeze(0).expand(batch, -1, -1)
-        torch.bmm(windows, weight.transpose(1, 2), out=out)
-    elif weight.dim() == 3:
-        for index, (start, taps) in enumerate(_tap_chunks(kernel, stride)):
-            part = weight[:, :, start * channels:(start + taps) * channels].transpose(1, 2)
-            window = _windows(x, start, taps, kernel, stride)
-            if index == 0:
-                torch.bmm(window, part, out=out)
-            else:
-                out.baddbmm_(window, part)
-    else:
-        for index, (start, taps) in enumerate(_tap_chunks(kernel, stride)):
-            part = weight[:, start * channels:(start + taps) * channels].t()
-            window = _windows(x, start, taps, kernel, stride)
-            for row in range(batch):
+    copied = _copies_windows(kernel, stride, channels, weight.shape[-2])
+    windows = x.unfold(1, kernel, stride).transpose(-1, -2).reshape(batch, out_frames, kernel * channels) \
+        if copied else None
+    for row, count in enumerate(valid):
+        row_weight = weight[row] if weight.dim() == 3 else weight
+        if copied:
+            torch.mm(windows[row, :count], row_weight.t(), out=out[row, :count])
+        else:
+            for index, (start, taps) in enumerate(_tap_chunks(kernel, stride)):
+                part = row_weight[:, start * channels:(start + taps) * channels].t()
+                window = _windows(x, start, taps, kernel, stride)[row, :count]
                 if index == 0:
-                    torch.mm(window[row], part, out=out[row])
+                    torch.mm(window, part, out=out[row, :count])
                 else:
-                    out[row].addmm_(window[row], part)
-    if bias is not None:
-        out.add_(bias.unsqueeze(-2) if bias.dim() == 2 else bias)
+                    out[row, :count].addmm_(window, part)
+        if bias is not None:
+            out[row, :count].add_(bias[row] if bias.dim() == 2 else bias)
+        if count < out_frames:
+            out[row, count:].zero_()
     return out
 
 
@@ -351,8 +369,9 @@ class _WindowConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kernel: int,
-                stride: int, per_row: bool) -> torch.Tensor:
-        """x: [B, T, C_in] contiguous, in the compute dtype (weight and bias are cast to it)."""
+                stride: int, per_row: bool, rows: Optional[List[int]] = None) -> torch.Tensor:
+        """x: [B, T, C_in] contiguous, in the compute dtype (weight and bias are cast to it); rows: valid
+        output frames per utterance (None: all), the others are 0 and pass no gradient."""
         ctx.weight_dtype, ctx.bias_dtype = weight.dtype, None if bias is None else bias.dtype
         if per_row:
             flat = weight.to(x.dtype)
@@ -360,8 +379,8 @@ class _WindowConv(torch.autograd.Function):
             # cast, then re-layout: the strided gather is 2x faster over the narrower dtype
             flat = weight.to(x.dtype).permute(0, 2, 1).reshape(weight.shape[0], -1)
         ctx.save_for_backward(x, flat)
-        ctx.kernel, ctx.stride, ctx.per_row, ctx.has_bias = kernel, stride, per_row, bias is not None
-        return window_products(x, flat, None if bias is None else bias.to(x.dtype), kernel, stride)
+        ctx.kernel, ctx.stride, ctx.per_row, ctx.has_bias, ctx.rows = kernel, stride, per_row, bias is not None, rows
+        return window_products(x, flat, None if bias is None else bias.to(x.dtype), kernel, stride, rows)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
@@ -369,6 +388,7 @@ class _WindowConv(torch.autograd.Function):
         kernel, stride = ctx.kernel, ctx.stride
         batch, frames, channels = x.shape
         grad = grad.contiguous()
+        valid = _valid_rows(ctx.rows, batch, grad.shape[1])
         accumulate = torch.promote_types(x.dtype, torch.float32)  # sums of bf16 products in float32
         grad_x = grad_weight = grad_bias = None
         if _copies_windows(kernel, stride, channels, flat.shape[-2]):
@@ -376,19 +396,25 @@ class _WindowConv(torch.autograd.Function):
                 raise RuntimeError("window products: no input gradient through copied windows; use conv1d")
             if ctx.needs_input_grad[1]:
                 windows = x.unfold(1, kernel, stride).transpose(-1, -2).reshape(batch, -1, kernel * channels)
-                grad_flat = torch.bmm(grad.transpose(1, 2), windows)  # [B, C_out, K]
-                grad_weight = grad_flat if ctx.per_row else grad_flat.sum(0, dtype=accumulate).view(
-                    -1, kernel, channels).permute(0, 2, 1)
+                products = [torch.mm(grad[row, :count].t(), windows[row, :count]) for row, count in enumerate(valid)]
+                if ctx.per_row:
+                    grad_weight = torch.stack(products)  # [B, C_out, K]
+                else:
+                    total = products[0].to(accumulate)
+                    for product in products[1:]:
+                        total.add_(product)
+                    grad_weight = total.view(-1, kernel, channels).permute(0, 2, 1)
         else:
-            # The first tap chunk's windows tile frames [0, stride * T_out) exactly once when it is
-            # `stride` taps wide: its products are written, not added, so only the frames after
-            # them need zeros (not a zero pass over the whole input gradient first).
+            # The first tap chunk's windows tile frames [0, stride * n) of an utterance with n valid outputs
+            # exactly once when it is `stride` taps wide: its products are written, not added, so only the
+            # frames after them need zeros (not a zero pass over the whole input gradient first).
             chunks = _tap_chunks(kernel, stride)
             writes_first = chunks[0][1] == stride
             if ctx.needs_input_grad[0]:
                 grad_x = torch.empty_like(x) if writes_first else torch.zeros_like(x)
                 if writes_first:
-                    grad_x[:, stride * grad.shape[1]:].zero_()
+                    for row, count in enumerate(valid):
+                        grad_x[row, stride * count:].zero_()
             if ctx.needs_input_grad[1] and not ctx.per_row:
                 grad_weight = torch.empty(flat.shape[0], channels, kernel, dtype=accumulate, device=x.device)
             elif ctx.needs_input_grad[1]:
@@ -397,28 +423,30 @@ class _WindowConv(torch.autograd.Function):
                 columns = slice(start * channels, (start + taps) * channels)
                 window = _windows(x, start, taps, kernel, stride)
                 if grad_weight is not None and ctx.per_row:
-                    torch.bmm(grad.transpose(1, 2), window, out=grad_weight[:, :, columns])
+                    for row, count in enumerate(valid):
+                        grad_weight[row, :, columns] = torch.mm(grad[row, :count].t(), window[row, :count])
                 elif grad_weight is not None:
                     total = None
-                    for row in range(batch):
-                        product = torch.mm(grad[row].t(), window[row])  # [C_out, taps * C_in]
+                    for row, count in enumerate(valid):
+                        product = torch.mm(grad[row, :count].t(), window[row, :count])  # [C_out, taps * C_in]
                         total = product.to(accumulate) if total is None else total.add_(product)
                     grad_weight[:, :, start:start + taps] = total.view(-1, taps, channels).permute(0, 2, 1)
                 if grad_x is not None:
                     view = _windows(grad_x, start, taps, kernel, stride)
                     part = flat[:, columns] if not ctx.per_row else None
-                    for row in range(batch):
+                    for row, count in enumerate(valid):
                         weight_part = part if part is not None else flat[row][:, columns]
                         if start == 0 and writes_first:
-                            torch.mm(grad[row], weight_part, out=view[row])
+                            torch.mm(grad[row, :count], weight_part, out=view[row, :count])
                         else:
-                            view[row].addmm_(grad[row], weight_part)
+                            view[row, :count].addmm_(grad[row, :count], weight_part)
         if grad_weight is not None:
             grad_weight = grad_weight.to(ctx.weight_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            per_row = _sum_over_frames(grad, accumulate)
+            per_row = torch.cat([_sum_over_frames(grad[row:row + 1, :count], accumulate)
+                                 for row, count in enumerate(valid)])
             grad_bias = (per_row if ctx.per_row else per_row.sum(0)).to(ctx.bias_dtype)
-        return grad_x, grad_weight, grad_bias, None, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 def _sum_over_frames(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -526,26 +554,28 @@ class ConvBlock(nn.Module):
                 y = F.layer_norm(y, (y.shape[-1],), self.norm.weight, self.norm.bias, self.norm.eps)
         if in_place:
             y = torch.ops.aten.gelu_(y)
-            return y if channel_mask is None else y.mul_(channel_mask.to(y.dtype))
+            return _zero_padded_frames(y if channel_mask is None else y.mul_(channel_mask.to(y.dtype)), lengths)
         y = F.gelu(y)
         if channel_mask is not None:
             y = y * channel_mask.to(y.dtype)
-        return y
+        return _zero_padded_frames(y, lengths)
 
-    def _window_products(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def _window_products(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         lengths: Optional[List[int]] = None) -> torch.Tensor:
         """CPU inference: the convolution as batched products over windows of the time-major input
         (:func:`window_products`), in the compute dtype with autocast off.
 
         Args:
             x: [B, T, C_in]; weight: [C_out, K] or per row [B, C_out, K] ((tap, channel) order);
-            bias: None, [C_out] or [B, C_out].
+            bias: None, [C_out] or [B, C_out]; lengths: valid output frames per utterance (None: all).
         Returns:
             [B, T_out, C_out] in the compute dtype.
         """
         dtype = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             bias = None if bias is None else bias.to(dtype)
-            return window_products(x.to(dtype).contiguous(), weight.to(dtype), bias, self.kernel, self.stride)
+            return window_products(x.to(dtype).contiguous(), weight.to(dtype), bias, self.kernel, self.stride,
+                                   lengths)
 
     def forward(self, x: torch.Tensor, lengths: Optional[List[int]] = None,
                 channel_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -568,7 +598,7 @@ class ConvBlock(nn.Module):
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad)
         if x.device.type == "cpu" and not needs_grad:
             weight, bias = self.product_weights(x, lengths)
-            return self._normalize_activate(self._window_products(x, weight, bias), lengths, channel_mask,
+            return self._normalize_activate(self._window_products(x, weight, bias, lengths), lengths, channel_mask,
                                             in_place=True)
         per_row = self.folds_group_norm
         copies_windows = _copies_windows(k, s, channels, self.out_channels)  # (no input gradient through those)
@@ -580,7 +610,7 @@ class ConvBlock(nn.Module):
             # so its gradient needs no re-layout
             weight, bias = self.product_weights(x, lengths) if per_row else (self.conv.weight, self.conv.bias)
             with torch.autocast(x.device.type, enabled=False):
-                y = _WindowConv.apply(x.to(dtype).contiguous(), weight, bias, k, s, per_row)
+                y = _WindowConv.apply(x.to(dtype).contiguous(), weight, bias, k, s, per_row, lengths)
             return self._normalize_activate(y, lengths, channel_mask)
         weight, bias = self.product_weights(x, lengths)
         # GPUs, and CPU float32 training of CNNs that ConvFeatureExtractor cannot run channels-first
@@ -639,7 +669,7 @@ class ConvFeatureExtractor(nn.Module):
                 y = _per_row_conv1d(x, weight, bias, block.kernel, block.stride)
             else:
                 y = F.conv1d(x, block.conv.weight, block.conv.bias, stride=block.stride)
-            x = torch.ops.aten.gelu_(y) if in_place else F.gelu(y)
+            x = _zero_padded_frames(torch.ops.aten.gelu_(y) if in_place else F.gelu(y), block_valid, time_dim=2)
         return x.transpose(1, 2)
 
     def output_lengths(self, lengths: Union[int, torch.Tensor]):
