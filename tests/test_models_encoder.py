@@ -611,3 +611,18 @@ def test_window_conv_computes_only_valid_frames_and_matches_conv1d_on_them(kerne
     for got, want in zip(torch.autograd.grad((ours * upstream).sum(), inputs),
                          torch.autograd.grad((reference * valid * upstream).sum(), inputs)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_flow_through_frozen_projections_to_trainable_inputs():
+    """A frozen layer between trainable ones (adapters, a frozen backbone under a trainable front) keeps
+    autograd: its input gets F.linear's gradient, not the packed oneDNN op's missing one."""
+    from speechdistill.models.components import frozen_linear
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4).requires_grad_(False)
+    x = torch.randn(3, 8, requires_grad=True)
+    y = frozen_linear(layer, x, gelu=True)
+    assert y.requires_grad
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    reference = x.detach().requires_grad_(True)
+    (expected,) = torch.autograd.grad(F.gelu(F.linear(reference, layer.weight, layer.bias)).sum(), reference)
+    torch.testing.assert_close(grad, expected)

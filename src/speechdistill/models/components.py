@@ -117,8 +117,10 @@ def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Te
 
 
 def _packs_linear(x: torch.Tensor, parts: Sequence[torch.Tensor], dtype: torch.dtype) -> bool:
-    # (empty inputs and fully pruned layers, [0, D] weights, stay on F.linear)
+    # Empty inputs and fully pruned layers ([0, D] weights) stay on F.linear; so does an input that needs
+    # a gradient (frozen layers between trainable ones, e.g. adapters): the packed op has no backward.
     return (x.dim() >= 2 and x.numel() > 0 and all(p.numel() > 0 for p in parts)
+            and not (torch.is_grad_enabled() and x.requires_grad)
             and dtype in _ONEDNN_LINEAR["dtypes"] and onednn_linear_supports(x.device, dtype) and _is_frozen(parts))
 
 
