@@ -626,3 +626,25 @@ def test_gradients_flow_through_frozen_projections_to_trainable_inputs():
     reference = x.detach().requires_grad_(True)
     (expected,) = torch.autograd.grad(F.gelu(F.linear(reference, layer.weight, layer.bias)).sum(), reference)
     torch.testing.assert_close(grad, expected)
+
+
+def test_models_with_kept_operands_can_be_copied_and_pickled():
+    """After a frozen forward (packed oneDNN weights kept), deepcopy and torch.save of the module work and
+    the copy starts without the kept operands, then gives the same output."""
+    import copy
+    import io
+    from speechdistill.models.components import FeedForward
+    torch.manual_seed(0)
+    block = FeedForward(8, 16).eval()
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        expected = block(x)
+        assert block.fc1.__dict__["_frozen_operands"]
+        clone = copy.deepcopy(block)
+        assert not clone.fc1.__dict__["_frozen_operands"]
+        torch.testing.assert_close(clone(x), expected)
+        buffer = io.BytesIO()
+        torch.save(block, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        torch.testing.assert_close(loaded(x), expected)

@@ -44,6 +44,17 @@ def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return tensor.dtype
 
 
+class _OperandCache(dict):
+    """Operands kept by :func:`frozen_operands`: derived state that copies and pickles of the module do
+    not carry (packed oneDNN weights cannot be copied at all); a copy starts empty and refills."""
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "_OperandCache":
+        return _OperandCache()
+
+    def __reduce__(self) -> Tuple[type, tuple]:
+        return (_OperandCache, ())
+
+
 def frozen_operands(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
                     combine: Callable[[Sequence[torch.Tensor]], Tuple[torch.Tensor, ...]]) -> Tuple[torch.Tensor, ...]:
     """``combine(parts)`` (e.g. a weight and bias, or concatenated Q/K/V weights), kept on ``owner``
@@ -64,7 +75,7 @@ def frozen_operands(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
     device_type = parts[0].device.type
     cast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     state = (cast,) + tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in parts)
-    cache = owner.__dict__.setdefault("_frozen_operands", {})
+    cache = owner.__dict__.setdefault("_frozen_operands", _OperandCache())
     key = (slot, cast)
     cached = cache.get(key)
     if cached is None or not _same_parameters(cached[0], parts, state):
