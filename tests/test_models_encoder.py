@@ -648,3 +648,24 @@ def test_models_with_kept_operands_can_be_copied_and_pickled():
         buffer.seek(0)
         loaded = torch.load(buffer, weights_only=False)
         torch.testing.assert_close(loaded(x), expected)
+
+
+def test_frozen_float32_cnn_on_packed_onednn_products_equals_conv1d(monkeypatch):
+    """Frozen float32 CPU inference runs the CNN's shared-weight layers as packed oneDNN products over
+    windows (valid frames only); features equal the channels-first conv1d path's on a padded batch,
+    padded frames 0 on both."""
+    from speechdistill.models import components
+    from speechdistill.models.components import ConvFeatureExtractor
+    if not components.onednn_linear_supports(torch.device("cpu"), torch.float32):
+        pytest.skip("this torch build has no oneDNN")
+    torch.manual_seed(0)
+    cnn = ConvFeatureExtractor([[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 2, 2]], norm="group").eval()
+    wavs, lengths = batch([4000, 2500])
+    with torch.no_grad():
+        packed, _ = cnn(wavs, lengths)
+        assert all(("conv/onednn", None) in block.__dict__["_frozen_operands"] for block in cnn.blocks[1:])
+        monkeypatch.setattr(components.ConvBlock, "packs_for_onednn", lambda self, x: False)
+        reference, _ = cnn(wavs, lengths)
+    torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-6)
+    frames = int(cnn.output_lengths(torch.tensor(2500)))
+    assert frames < packed.shape[1] and bool((packed[1, frames:] == 0).all())

@@ -573,6 +573,45 @@ class ConvBlock(nn.Module):
             y = y * channel_mask.to(y.dtype)
         return _zero_padded_frames(y, lengths)
 
+    def packs_for_onednn(self, x: torch.Tensor) -> bool:
+        """Whether a frozen float32 CPU forward runs this block through :meth:`_packed_products`: shared
+        weights (no folded GroupNorm) over windows read in place (not the first layer's copied ones)."""
+        return (compute_dtype(x) == torch.float32 and not self.folds_group_norm
+                and not _copies_windows(self.kernel, self.stride, self.in_channels, self.out_channels)
+                and x.numel() > 0 and onednn_linear_supports(x.device, torch.float32)
+                and _is_frozen((self.conv.weight,)))
+
+    def _packed_products(self, x: torch.Tensor, lengths: Optional[List[int]]) -> torch.Tensor:
+        """Frozen float32 CPU inference: the window products of :func:`window_products` with each tap
+        chunk's weight packed once for oneDNN's matmul (MKL's float32 GEMM lacks AVX-512 on AMD CPUs;
+        a 512-channel k=3 layer over 12799 frames: 20.5 vs 28.4 ms for oneDNN's conv1d). Valid frames
+        only, the others 0. x: [B, T, C_in]; returns [B, T_out, C_out] float32."""
+        batch, frames, channels = x.shape
+        kernel, stride = self.kernel, self.stride
+        out_frames = conv_output_length(frames, kernel, stride)
+        chunks = _tap_chunks(kernel, stride)
+        parts = (self.conv.weight,) if self.conv.bias is None else (self.conv.weight, self.conv.bias)
+
+        def packed(values: Sequence[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+            weight = values[0].float()  # [C_out, C_in, k] -> per chunk [C_out, taps * C_in] in (tap, channel) order
+            return tuple(pack_for_onednn(weight[:, :, start:start + taps].permute(0, 2, 1).reshape(
+                weight.shape[0], taps * channels), out_frames) for start, taps in chunks) + (
+                values[1].float() if len(values) > 1 else None,)
+        *weights, bias = frozen_operands(self, "conv/onednn", parts, packed)
+        x = x.float().contiguous()
+        out = x.new_empty(batch, out_frames, self.out_channels)
+        for row, count in enumerate(_valid_rows(lengths, batch, out_frames)):
+            for index, ((start, taps), weight) in enumerate(zip(chunks, weights)):
+                window = _windows(x, start, taps, kernel, stride)[row, :count]  # (copied when strided)
+                product = onednn_linear(window, weight, bias if index == 0 else None)
+                if index == 0:
+                    out[row, :count] = product
+                else:
+                    out[row, :count] += product
+            if count < out_frames:
+                out[row, count:].zero_()
+        return out
+
     def _window_products(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          lengths: Optional[List[int]] = None) -> torch.Tensor:
         """CPU inference: the convolution as batched products over windows of the time-major input
@@ -609,6 +648,8 @@ class ConvBlock(nn.Module):
         if out_frames < 1:
             raise ValueError(f"input of {frames} frames is shorter than the kernel ({k}) of a conv layer")
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad)
+        if x.device.type == "cpu" and not needs_grad and self.packs_for_onednn(x):
+            return self._normalize_activate(self._packed_products(x, lengths), lengths, channel_mask, in_place=True)
         if x.device.type == "cpu" and not needs_grad:
             weight, bias = self.product_weights(x, lengths)
             return self._normalize_activate(self._window_products(x, weight, bias, lengths), lengths, channel_mask,
@@ -707,7 +748,10 @@ class ConvFeatureExtractor(nn.Module):
             samples = None if samples is None else [max(conv_output_length(n, block.kernel, block.stride), 1)
                                                     for n in samples]
             valid.append(samples)
-        if self._channels_first_float32(wavs):
+        # A frozen forward whose layers run on packed oneDNN products stays time-major (faster than conv1d).
+        packed = not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())) and \
+            all(block.packs_for_onednn(wavs.new_empty(1, 1, block.in_channels)) for block in self.blocks[1:])
+        if self._channels_first_float32(wavs) and not packed:
             x = self._forward_channels_first(wavs, valid)
         else:
             x = wavs.unsqueeze(-1)
