@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import from_dict, to_dict
+from .components import frozen_linear
 
 
 @dataclass
@@ -90,7 +91,7 @@ class PredictionHeads(nn.Module):
         """hidden: [B, N, D_in] -> predictions [B, K, N, D_out] (K = len(target_layers))."""
         if hidden.dim() != 3 or hidden.shape[-1] != self.config.in_dim:
             raise ValueError(f"prediction heads expect [batch, frame, {self.config.in_dim}], got {list(hidden.shape)}")
-        return self.split(F.gelu(self.expand(hidden))).permute(0, 2, 1, 3)
+        return self.split(frozen_linear(self.expand, hidden, gelu=True)).permute(0, 2, 1, 3)
 
     def from_hidden_states(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         return self(hidden_states[self.config.source_layers[0]])
@@ -115,7 +116,7 @@ class LayerProjections(nn.Module):
 
     def project(self, head: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, N, D_in] -> [B, N, D_out] through head ``head``'s Linear."""
-        return self.projections[self.group_of_head[head]](hidden)
+        return frozen_linear(self.projections[self.group_of_head[head]], hidden)
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Student hidden states (indexed like EncoderOutput) -> one [B, N, D_out] per head."""
