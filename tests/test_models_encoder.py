@@ -310,7 +310,7 @@ def test_frozen_weight_casts_are_kept_and_give_what_autocast_gives(onednn, monke
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         close(frozen_linear(fc1, x), F.linear(x, fc1.weight, fc1.bias), torch.bfloat16)
         close(frozen_linear(fc1, x, gelu=True), F.gelu(F.linear(x, fc1.weight, fc1.bias)), torch.bfloat16)
-        weight, bias = attention._fused_projection()
+        weight, bias = frozen_operands(attention, "qkv", attention._qkv_parts(), components._concatenated_qkv)
         assert weight.dtype == torch.bfloat16 and bias.dtype == torch.bfloat16
         parts = (attention.q_proj, attention.k_proj, attention.v_proj)
         assert torch.equal(F.linear(x, weight, bias),
@@ -566,8 +566,8 @@ def test_grouped_conv_by_windows_equals_conv1d(kernel, groups, block, monkeypatc
 
 
 def test_frozen_linear_handles_empty_inputs_and_fully_pruned_layers():
-    """Zero rows, or a layer with every unit pruned ([0, D] weight), give F.linear's (empty) result and
-    leave the oneDNN path switched on for the layers after them."""
+    """Zero rows, or a layer with every unit pruned ([0, D] weight), give F.linear's (empty) result; an input
+    of the wrong width gets F.linear's shape error; none of them switches the oneDNN path off."""
     from speechdistill.models import components
     from speechdistill.models.components import frozen_linear, linear
     enabled = components._ONEDNN_LINEAR["enabled"]
@@ -577,6 +577,8 @@ def test_frozen_linear_handles_empty_inputs_and_fully_pruned_layers():
         assert frozen_linear(full, torch.randn(0, 8)).shape == (0, 4)
         x = torch.randn(3, 8)
         torch.testing.assert_close(frozen_linear(full, x, gelu=True), F.gelu(F.linear(x, full.weight, full.bias)))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be multiplied"):  # F.linear's own message
+        frozen_linear(full, torch.randn(3, 7))
     assert components._ONEDNN_LINEAR["enabled"] == enabled
 
 
@@ -664,7 +666,7 @@ def test_frozen_float32_cnn_on_packed_onednn_products_equals_conv1d(monkeypatch)
     with torch.no_grad():
         packed, _ = cnn(wavs, lengths)
         assert all(("conv/onednn", None) in block.__dict__["_frozen_operands"] for block in cnn.blocks[1:])
-        monkeypatch.setattr(components.ConvBlock, "packs_for_onednn", lambda self, x: False)
+        monkeypatch.setattr(components.ConvBlock, "packs_for_onednn", lambda self, device, dtype: False)
         reference, _ = cnn(wavs, lengths)
     torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-6)
     frames = int(cnn.output_lengths(torch.tensor(2500)))

@@ -130,8 +130,10 @@ def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Te
 def _packs_linear(x: torch.Tensor, parts: Sequence[torch.Tensor], dtype: torch.dtype) -> bool:
     # Empty inputs and fully pruned layers ([0, D] weights) stay on F.linear; so does an input that needs
     # a gradient (frozen layers between trainable ones, e.g. adapters): the packed op has no backward.
+    # An input of the wrong width also stays there, so that the user gets F.linear's shape error and the
+    # packed path is not switched off for the process by it.
     return (x.dim() >= 2 and x.numel() > 0 and all(p.numel() > 0 for p in parts)
-            and not (torch.is_grad_enabled() and x.requires_grad)
+            and x.shape[-1] == parts[0].shape[-1] and not (torch.is_grad_enabled() and x.requires_grad)
             and dtype in _ONEDNN_LINEAR["dtypes"] and onednn_linear_supports(x.device, dtype) and _is_frozen(parts))
 
 
@@ -573,13 +575,13 @@ class ConvBlock(nn.Module):
             y = y * channel_mask.to(y.dtype)
         return _zero_padded_frames(y, lengths)
 
-    def packs_for_onednn(self, x: torch.Tensor) -> bool:
-        """Whether a frozen float32 CPU forward runs this block through :meth:`_packed_products`: shared
-        weights (no folded GroupNorm) over windows read in place (not the first layer's copied ones)."""
-        return (compute_dtype(x) == torch.float32 and not self.folds_group_norm
+    def packs_for_onednn(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether a frozen forward in ``dtype`` (the compute dtype) runs this block through
+        :meth:`_packed_products`: float32 on a CPU, shared weights (no folded GroupNorm) over windows
+        read in place (not the first layer's copied ones), no autograd on the weight."""
+        return (dtype == torch.float32 and not self.folds_group_norm
                 and not _copies_windows(self.kernel, self.stride, self.in_channels, self.out_channels)
-                and x.numel() > 0 and onednn_linear_supports(x.device, torch.float32)
-                and _is_frozen((self.conv.weight,)))
+                and onednn_linear_supports(device, torch.float32) and _is_frozen((self.conv.weight,)))
 
     def _packed_products(self, x: torch.Tensor, lengths: Optional[List[int]]) -> torch.Tensor:
         """Frozen float32 CPU inference: the window products of :func:`window_products` with each tap
@@ -648,7 +650,7 @@ class ConvBlock(nn.Module):
         if out_frames < 1:
             raise ValueError(f"input of {frames} frames is shorter than the kernel ({k}) of a conv layer")
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad)
-        if x.device.type == "cpu" and not needs_grad and self.packs_for_onednn(x):
+        if not needs_grad and x.numel() > 0 and self.packs_for_onednn(x.device, compute_dtype(x)):
             return self._normalize_activate(self._packed_products(x, lengths), lengths, channel_mask, in_place=True)
         if x.device.type == "cpu" and not needs_grad:
             weight, bias = self.product_weights(x, lengths)
@@ -749,9 +751,9 @@ class ConvFeatureExtractor(nn.Module):
                                                     for n in samples]
             valid.append(samples)
         # A frozen forward whose layers run on packed oneDNN products stays time-major (faster than conv1d).
-        packed = not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())) and \
-            all(block.packs_for_onednn(wavs.new_empty(1, 1, block.in_channels)) for block in self.blocks[1:])
-        if self._channels_first_float32(wavs) and not packed:
+        if self._channels_first_float32(wavs) and not (
+                _is_frozen(list(self.parameters()))
+                and all(block.packs_for_onednn(wavs.device, torch.float32) for block in self.blocks[1:])):
             x = self._forward_channels_first(wavs, valid)
         else:
             x = wavs.unsqueeze(-1)
@@ -1144,13 +1146,9 @@ class SelfAttention(nn.Module):
             self.gate_scale = None
         self.head_gate = HardConcreteGate(num_heads, init_drop_prob=0.01) if (prunable and num_heads) else None
 
-    def _fused_projection(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Q, K and V weights [3 * inner, D] and biases [3 * inner] as one projection (kept while
-        frozen: :func:`frozen_operands`)."""
-        weight, bias = frozen_operands(self, "qkv", self._qkv_parts(), _concatenated_qkv)
-        return weight, bias
-
     def _qkv_parts(self) -> Tuple[torch.Tensor, ...]:
+        """Q, K, V weights and biases, fused into one projection by :func:`_concatenated_qkv` (kept while
+        frozen: :func:`frozen_product`)."""
         return (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
                 self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
 
@@ -1187,7 +1185,7 @@ class SelfAttention(nn.Module):
         drop = self.dropout if self.training else 0.0
         probs: Optional[torch.Tensor] = None
         if self.reuse:
-            v = self.v_proj(x).view(batch, frames, heads, dim).transpose(1, 2)
+            v = frozen_linear(self.v_proj, x).view(batch, frames, heads, dim).transpose(1, 2)
             if reuse_probs is None:
                 raise ValueError("an attention-reuse layer needs the previous layer's probabilities")
             if self.reuse_mode == "released":

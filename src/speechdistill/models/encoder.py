@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .components import (ConvFeatureExtractor, Dropout, FeedForward, ParallelAdapter, PositionalConv, SelfAttention,
-                         TransformerLayer, masked_layer_norm, relative_position_buckets)
+                         TransformerLayer, frozen_linear, masked_layer_norm, relative_position_buckets)
 from .config import EncoderConfig
 from .grad import grad_multiply, layer_grad_split
 
@@ -196,7 +196,7 @@ class Encoder(nn.Module):
 
         x = self._feature_norm(features, last_mask) if self.feature_norm is not None else features
         if self.feature_projection is not None:
-            x = self.feature_projection(x)
+            x = frozen_linear(self.feature_projection, x)
         x = self.dropout_input(x)
         projected = x
         if mask_indices is not None:
