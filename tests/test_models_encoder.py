@@ -671,3 +671,20 @@ def test_frozen_float32_cnn_on_packed_onednn_products_equals_conv1d(monkeypatch)
     torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-6)
     frames = int(cnn.output_lengths(torch.tensor(2500)))
     assert frames < packed.shape[1] and bool((packed[1, frames:] == 0).all())
+
+
+@pytest.mark.parametrize("time_dim", [1, 2])
+@pytest.mark.parametrize("per_utterance", [True, False])
+def test_zero_padded_frames_zeroes_exactly_the_padded_frames(time_dim, per_utterance):
+    """Padded CNN frames are zeroed per utterance (CPUs) or by one mask (GPUs, forced here on a CPU
+    tensor); both zero exactly each utterance's frames from its length on, time-major or channels-first."""
+    from speechdistill.models.components import _zero_padded_frames
+    torch.manual_seed(0)
+    y = torch.randn(3, 11, 4) if time_dim == 1 else torch.randn(3, 4, 11)
+    lengths = [11, 6, 1]
+    expected = y.clone()
+    for row, count in enumerate(lengths):
+        (expected[row, count:] if time_dim == 1 else expected[row, :, count:]).zero_()
+    got = _zero_padded_frames(y.clone(), lengths, time_dim, per_utterance=per_utterance)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert _zero_padded_frames(y, None, time_dim) is y

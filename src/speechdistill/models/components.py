@@ -267,7 +267,8 @@ def _time_major_group_norm(x: torch.Tensor, lengths: Optional[List[int]], weight
     return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
 
-def _zero_padded_frames(y: torch.Tensor, lengths: Optional[Sequence[int]], time_dim: int = 1) -> torch.Tensor:
+def _zero_padded_frames(y: torch.Tensor, lengths: Optional[Sequence[int]], time_dim: int = 1,
+                        per_utterance: Optional[bool] = None) -> torch.Tensor:
     """``y`` with each utterance's frames from ``lengths[b]`` on set to 0, in place (None: unchanged).
 
     Every path of the CNN gives padded frames this one value (the CPU window products do not compute
@@ -275,6 +276,11 @@ def _zero_padded_frames(y: torch.Tensor, lengths: Optional[Sequence[int]], time_
     if lengths is None:
         return y
     frames = y.shape[time_dim]
+    if per_utterance is None:  # on CPUs touch only the padded frames; elsewhere one kernel, not a launch
+        per_utterance = y.device.type == "cpu"  # per utterance on each layer's hot path
+    if not per_utterance:
+        padded = torch.arange(frames, device=y.device)[None, :] >= torch.tensor(lengths, device=y.device)[:, None]
+        return y.masked_fill_(padded.unsqueeze(-1) if time_dim == 1 else padded.unsqueeze(1), 0.0)
     for row, count in enumerate(lengths):
         if count < frames:
             y[row].narrow(time_dim - 1, count, frames - count).zero_()
