@@ -215,7 +215,7 @@ $(paste -sd' ' "${teacher_dir}/.stage2.done") data=data/${train_set},data/${vali
                     --cpus-per-task="${cpus_per_gpu}" python "${train[@]}" ${distill_args}
             elif [ "${ngpu}" -gt 1 ]; then
                 ${cuda_cmd} --gpu "${ngpu}" "${out}/log/distill_train.log" \
-                    torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${distill_args}
+                    python -m speechdistill.bin.torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${distill_args}
             else
                 with_progress "${out}/train.log" ${cuda_cmd} --gpu "${ngpu}" "${out}/log/distill_train.log" \
                     python "${train[@]}" ${distill_args}
@@ -308,7 +308,7 @@ data=data/${train_set},data/${valid_set}"
         # shellcheck disable=SC2086  # asr_args is split into words, as ESPnet's --asr_args
         if [ "${ngpu}" -gt 1 ]; then
             ${cuda_cmd} --gpu "${ngpu}" "${asr_exp}/log/asr_train.log" \
-                torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${asr_args}
+                python -m speechdistill.bin.torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${asr_args}
         else
             with_progress "${asr_exp}/train.log" ${cuda_cmd} --gpu "${ngpu}" "${asr_exp}/log/asr_train.log" \
                 python "${train[@]}" ${asr_args}

@@ -205,7 +205,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
                 --cpus-per-task="${cpus_per_gpu}" python "${train[@]}" ${sv_args}
         elif [ "${ngpu}" -gt 1 ]; then
             ${cuda_cmd} --gpu "${ngpu}" "${sv_exp}/log/sv_train.log" \
-                torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${sv_args}
+                python -m speechdistill.bin.torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${sv_args}
         else
             ${cuda_cmd} --gpu "${ngpu}" "${sv_exp}/log/sv_train.log" python "${train[@]}" ${sv_args}
         fi

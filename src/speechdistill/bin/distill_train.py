@@ -14,7 +14,8 @@ Products in the output dir: ``student/`` (our model dir with the target-mapping 
 stage), ``distill_summary.json`` (sizes, teacher-forward throughput), ``train.log``,
 ``metrics.jsonl`` (every loss term, lr, grad norm, audio-seconds per second; validation:
 every term and ``cos/layer<t>``), ``plots/``, ``checkpoints/``. Multi-GPU: start it with
-``torchrun --nproc_per_node N`` or one ``srun`` task per GPU.
+``python -m speechdistill.bin.torchrun --nproc_per_node N`` (torchrun that keeps the requeue exit
+code) or one ``srun`` task per GPU.
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ Three ways to start (detected from the environment, in this order):
 
 * ``torchrun --nproc_per_node N ...`` (one node, or several with ``--nnodes``/``--rdzv_*``): torchrun
   sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; we rendezvous at ``env://``.
+  ``python -m speechdistill.bin.torchrun`` takes the same options and also passes SIGTERM/SIGUSR1
+  to the ranks and keeps their requeue exit code (:mod:`speechdistill.launch.ranks`).
 * ``srun`` with **one task per GPU** (``sbatch --nodes M --ntasks-per-node G --gres gpu:G``, then
   ``srun python -m speechdistill.bin.X ...``): every task is one rank. Rank = SLURM_PROCID,
   world size = SLURM_NTASKS, local rank = SLURM_LOCALID (the GPU it takes), node = SLURM_NODEID;
