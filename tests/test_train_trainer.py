@@ -22,7 +22,8 @@ from speechdistill.train import REQUEUE_EXIT_CODE, Trainer, TrainingError, lr_mu
 from speechdistill.train.checkpoint import CheckpointError  # noqa: E402
 from speechdistill.train.cli import build_parser, parse_args  # noqa: E402
 from speechdistill.train.precision import (BF16_CPU_FLAGS, BF16_MIN_PROBE_SPEEDUP, autocast,  # noqa: E402
-                                           cpu_bf16_speedup, cpu_flags, fastest_precision, resolve_precision)
+                                           common_precision, cpu_bf16_speedup, cpu_flags, fastest_precision,
+                                           resolve_precision)
 
 TOY = Path(__file__).resolve().parent / "_train_toy.py"
 TRAIN_LENGTHS = [800, 1200] + np.random.default_rng(11).integers(2000, 9000, 12).tolist()  # two too short
@@ -207,6 +208,12 @@ def test_precision_resolution():
     assert resolve_precision("fp16", cpu, flags=frozenset()) == "fp16"
     with pytest.raises(ConfigError):
         resolve_precision("fp8", cpu)
+    # DDP ranks train in one precision: agreement kept, a split (a probe near its threshold, mixed GPUs) -> fp32
+    assert common_precision(["bf16"]) == common_precision(["bf16", "bf16"]) == "bf16"
+    assert common_precision(["fp16", "fp16"]) == "fp16"
+    assert common_precision(["bf16", "fp32"]) == common_precision(["fp32", "bf16", "bf16"]) == "fp32"
+    with pytest.raises(ValueError):
+        common_precision([])
     x = torch.randn(4, 4)
     with autocast(cpu, "bf16"):
         assert (x @ x).dtype == torch.bfloat16

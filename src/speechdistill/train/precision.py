@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import ContextManager, Dict, FrozenSet, Optional
+from typing import ContextManager, Dict, FrozenSet, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +114,18 @@ def fastest_precision(device: torch.device, *, flags: Optional[FrozenSet[str]] =
     if not flags & BF16_CPU_FLAGS:
         return "fp32"  # bf16 would be emulated: slower than fp32
     return "bf16" if cpu_bf16_speedup() >= BF16_MIN_PROBE_SPEEDUP else "fp32"
+
+
+def common_precision(per_rank: Sequence[str]) -> str:
+    """The one precision every rank trains in, from each rank's resolved one (rank order).
+
+    Ranks resolve ``auto`` on their own device, and a CPU probe near its threshold, or GPUs of
+    different kinds, can answer differently; ranks in different precisions would average gradients
+    of different accuracy. Agreement keeps the answer; otherwise fp32, which every device computes
+    exactly (fp16 is only ever asked for explicitly, and then every rank asked for it)."""
+    if not per_rank:
+        raise ValueError("common_precision needs the precision of at least one rank")
+    return per_rank[0] if len(set(per_rank)) == 1 else "fp32"
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:

@@ -44,7 +44,7 @@ from . import distributed as dist_utils
 from .config import TrainerConfig
 from .logs import MetricsWriter, close_logger, setup_logger, write_plots
 from .optim import build_optimizer, flip_ascent_gradients, group_learning_rates, load_optimizer_state
-from .precision import autocast, resolve_device, resolve_precision
+from .precision import autocast, common_precision, resolve_device, resolve_precision
 from .task import StepOutput, Task, TrainContext, item_fields_of
 
 
@@ -174,6 +174,16 @@ class Trainer:
                 close_logger(self.logger)
             dist_utils.destroy_process_group()
 
+    def _on_every_rank(self, key: str, resolved: str) -> str:
+        """One precision for all ranks (:func:`common_precision`); a disagreement is logged."""
+        per_rank = dist_utils.all_gather_objects(resolved)
+        agreed = common_precision(per_rank)
+        if len(set(per_rank)) > 1 and self.is_main:
+            self.logger.warning("%s '%s' resolved differently on the ranks (%s); every rank trains in %s", key,
+                                getattr(self.config, key), ", ".join(f"rank {r}: {p}" for r, p in enumerate(per_rank)),
+                                agreed)
+        return agreed
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signal.Signals(signum).name
 
@@ -200,8 +210,9 @@ class Trainer:
         dist_utils.barrier()
         self.logger = setup_logger(self.output_dir / "train.log", env.rank)
         log = self.logger
-        self.precision = resolve_precision(config.precision, self.device)
-        self.teacher_precision = resolve_precision(config.teacher_precision, self.device)
+        self.precision = self._on_every_rank("precision", resolve_precision(config.precision, self.device))
+        self.teacher_precision = self._on_every_rank("teacher_precision",
+                                                     resolve_precision(config.teacher_precision, self.device))
         resume_path = self._find_resume_checkpoint()
         log.info("%s %s", "resuming from " + str(resume_path) if resume_path else "starting",
                  f"in {self.output_dir}; command: {' '.join(sys.argv)}")
