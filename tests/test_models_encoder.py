@@ -80,6 +80,33 @@ def test_batched_output_does_not_depend_on_batch_partners_or_padding_content():
                 assert float((a[0] - b[1, :frames]).abs().max()) < 1e-5
 
 
+def test_forward_reads_nothing_back_from_the_device_but_the_lengths_once():
+    """Each bool(tensor) / .item() is a device-to-host synchronisation on a GPU; a padded batch's
+    forward reads only the lengths, once (Tensor.tolist, outside the dispatcher)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ScalarReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.reads = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero,
+                                       torch.ops.aten.is_nonzero):
+                self.reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    ours = ours_from_hf(hf_model("hubert", **SMALL)).eval()
+    wavs, lengths = torch.randn(2, 6000), torch.tensor([6000, 4100])
+    with torch.no_grad():
+        reference = ours(wavs, lengths).hidden_states[-1]
+        with ScalarReads() as mode:
+            out = ours(wavs, lengths)
+    assert mode.reads == []
+    assert torch.equal(out.hidden_states[-1], reference)
+    assert out.lengths.tolist() == ours.frame_lengths(lengths).tolist()
+
+
 def test_frame_lengths_follow_the_conv_formula():
     ours = Encoder(EncoderConfig())
     lengths = torch.tensor([400, 401, 719, 720, 16000, 160000])

@@ -740,18 +740,21 @@ class ConvFeatureExtractor(nn.Module):
             lengths = conv_output_length(lengths, block.kernel, block.stride)
         return lengths
 
-    def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
+                host_lengths: Optional[List[int]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
-            wavs: [B, T] float waveform; lengths: [B] valid samples or None.
+            wavs: [B, T] float waveform; lengths: [B] valid samples or None; host_lengths: the same
+                lengths as Python ints when the caller has them (saves a device-to-host copy).
         Returns:
             features [B, N, C]; mask [C] of the last layer's channel gate (None without gates).
         """
         masks = [block.gate() if block.gate is not None else None for block in self.blocks]
-        full = lengths is None or bool((lengths == wavs.shape[1]).all())
+        if host_lengths is None and lengths is not None:
+            host_lengths = lengths.tolist()
+        full = host_lengths is None or all(n == wavs.shape[1] for n in host_lengths)
         valid: List[Optional[List[int]]] = []  # each block's valid output frames per utterance
-        samples = None if full else lengths.tolist()
+        samples = None if full else list(host_lengths)
         for block in self.blocks:
             samples = None if samples is None else [max(conv_output_length(n, block.kernel, block.stride), 1)
                                                     for n in samples]

@@ -23,7 +23,7 @@ keys, so an utterance gives the same hidden states alone or in any batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, Dict, List, Optional, Union
+from typing import Collection, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +115,10 @@ class Encoder(nn.Module):
         """Valid frames [B] for ``lengths`` [B] samples: floor((L - k) / s) + 1 layer by layer."""
         return self.feature_extractor.output_lengths(lengths)
 
-    def _check_inputs(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    def _check_inputs(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, List[int]]:
+        """(lengths [B] on the device, the same as Python ints). The host copy is the forward's one
+        device-to-host transfer: the checks here, the CNN's per-utterance valid frames and the padding
+        test all read it (each ``bool(tensor)`` on a GPU would be a synchronisation of its own)."""
         if wavs.dim() != 2:
             raise ValueError(f"wavs must be [batch, samples], got shape {list(wavs.shape)}")
         if not wavs.is_floating_point():
@@ -126,14 +129,15 @@ class Encoder(nn.Module):
         lengths = torch.as_tensor(lengths, device=wavs.device).long()
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must be [batch] = [{batch}], got shape {list(lengths.shape)}")
-        if bool((lengths > samples).any()):
-            raise ValueError(f"a length ({int(lengths.max())}) exceeds the padded size of wavs ({samples})")
+        host = lengths.tolist()
+        if max(host, default=0) > samples:
+            raise ValueError(f"a length ({max(host)}) exceeds the padded size of wavs ({samples})")
         shortest = self.config.receptive_field
-        too_short = (lengths < shortest).nonzero().flatten().tolist()
+        too_short = [index for index, length in enumerate(host) if length < shortest]
         if too_short:
             raise ValueError(f"utterance(s) {too_short} are shorter than {shortest} samples, the smallest input "
                              "that yields one frame; drop or pad them before the encoder")
-        return lengths
+        return lengths, host
 
     def _normalize(self, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Zero mean, unit variance per utterance over its valid samples (fairseq ``normalize``)."""
@@ -178,20 +182,20 @@ class Encoder(nn.Module):
             EncoderOutput (hidden_states, lengths in frames, attentions, conv/projected features).
         """
         c = self.config
-        lengths = self._check_inputs(wavs, lengths)
+        lengths, host_lengths = self._check_inputs(wavs, lengths)
         if c.normalize_waveform:
             wavs = self._normalize(wavs, lengths)
         frame_lengths = self.frame_lengths(lengths)
 
         if c.feature_grad_mult > 0:
-            features, last_mask = self.feature_extractor(wavs, lengths)
+            features, last_mask = self.feature_extractor(wavs, lengths, host_lengths=host_lengths)
             features = grad_multiply(features, c.feature_grad_mult)
         else:
             with torch.no_grad():
-                features, last_mask = self.feature_extractor(wavs, lengths)
+                features, last_mask = self.feature_extractor(wavs, lengths, host_lengths=host_lengths)
         batch, frames, _ = features.shape
         padding = None
-        if bool((frame_lengths < frames).any()):
+        if min(self.frame_lengths(n) for n in host_lengths) < frames:
             padding = torch.arange(frames, device=wavs.device)[None, :] >= frame_lengths[:, None]
 
         x = self._feature_norm(features, last_mask) if self.feature_norm is not None else features
