@@ -21,14 +21,23 @@ def repo_root() -> Path:
     return REPO
 
 
-def copy_librispeech_recipe(root: Path) -> Path:
-    """``root/egs/librispeech/distill``: a copy of the recipe without its data/exp/downloads/dump,
-    beside a link to the checkout's egs/TEMPLATE, so that everything it writes lands under ``root``."""
-    target = root / "egs" / "librispeech" / "distill"
-    shutil.copytree(REPO / "egs" / "librispeech" / "distill", target, symlinks=True,
-                    ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
+RECIPES = ("librispeech/distill", "voxceleb/oskdft")
+
+
+def copy_recipes(root: Path) -> Path:
+    """``root/egs``: copies of both recipes without their data/exp/downloads/dump (the VoxCeleb one's
+    local/ links into the LibriSpeech one's), beside a link to the checkout's egs/TEMPLATE, so that
+    everything they write lands under ``root``. Returns ``root/egs``."""
+    for name in RECIPES:
+        shutil.copytree(REPO / "egs" / name, root / "egs" / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
     (root / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
-    return target
+    return root / "egs"
+
+
+def copy_librispeech_recipe(root: Path) -> Path:
+    """``root/egs/librispeech/distill`` of :func:`copy_recipes`."""
+    return copy_recipes(root) / "librispeech" / "distill"
 
 
 def run_recipe(recipe: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:

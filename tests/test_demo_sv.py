@@ -10,7 +10,6 @@ data/, downloads/ and exp/ land in tmp_path.
 """
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import yaml
 from scipy.optimize import brentq
 from sklearn.metrics import roc_curve
 
+from conftest import copy_recipes
 from speechdistill.data.tables import read_table
 from speechdistill.metrics.verification import det_axis_range, det_curve, plot_det
 from speechdistill.models import load_model
@@ -42,12 +42,7 @@ RUNS = SYSTEMS + tuple(f"{system}_seed1" for system in SYSTEMS)  # --seeds "0 1"
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo_sv")
-    for name in ("librispeech/distill", "voxceleb/oskdft"):  # voxceleb's local/ links into librispeech's
-        shutil.copytree(REPO / "egs" / name, root / "egs" / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
-    (root / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
-    return root / "egs" / "voxceleb" / "oskdft"
+    return copy_recipes(tmp_path_factory.mktemp("demo_sv")) / "voxceleb" / "oskdft"
 
 
 def demo(recipe_dir, *args):

@@ -7,13 +7,13 @@ egs/TEMPLATE, so its data/ and exp/ land in tmp_path; db.sh points at the corpus
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
+from conftest import copy_librispeech_recipe
 from speechdistill.asr.model import load_asr_model
 from speechdistill.asr.task import AsrConfig
 from speechdistill.config import load_config
@@ -45,11 +45,7 @@ def _librispeech(root: Path) -> Path:
 
 
 def _recipe(repo_root: Path, tmp_path: Path) -> Path:
-    recipe = tmp_path / "egs" / "librispeech" / "distill"
-    shutil.copytree(repo_root / "egs" / "librispeech" / "distill", recipe, symlinks=True,
-                    ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
-    (tmp_path / "egs" / "TEMPLATE").symlink_to(repo_root / "egs" / "TEMPLATE")
-    return recipe
+    return copy_librispeech_recipe(tmp_path)
 
 
 def _run(recipe: Path, repo_root: Path, *args: str) -> subprocess.CompletedProcess:

@@ -4,22 +4,18 @@ Each recipe is copied into a temporary egs/<corpus>/<recipe> beside a link to th
 egs/TEMPLATE, so its data/, downloads/ and exp/ land in tmp_path, not in the working tree.
 """
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import copy_recipes
 from speechdistill.data.tables import read_table
 
 
 def _recipe(repo_root: Path, tmp_path: Path, corpus: str, name: str) -> Path:
     # both recipes: the VoxCeleb one shares local/noise_data.sh with the LibriSpeech one (symlink)
-    for recipe in ("librispeech/distill", "voxceleb/oskdft"):
-        shutil.copytree(repo_root / "egs" / recipe, tmp_path / "egs" / recipe, symlinks=True,
-                        ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
-    (tmp_path / "egs" / "TEMPLATE").symlink_to(repo_root / "egs" / "TEMPLATE")
-    target = tmp_path / "egs" / corpus / name
+    target = copy_recipes(tmp_path) / corpus / name
     assert os.readlink(target / "utils") == "../../TEMPLATE/utils"
     return target
 

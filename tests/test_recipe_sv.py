@@ -8,13 +8,13 @@ data/, downloads/ and exp/ land in tmp_path. The teacher is a tiny random HuBERT
 """
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import kaldiio
 import pytest
 
+from conftest import copy_recipes
 from test_sv_fixtures import save_tiny_hf_teacher
 
 from speechdistill.data.tables import read_table
@@ -29,10 +29,7 @@ SHORT = ("--max_steps 3 --max_seconds 1.0 --batch_seconds 4.0 --num_buckets 1 --
 def recipe(tmp_path_factory):
     repo_root = Path(__file__).resolve().parents[1]
     root = tmp_path_factory.mktemp("recipe_sv")
-    for name in ("librispeech/distill", "voxceleb/oskdft"):  # voxceleb's local/ links into librispeech's
-        shutil.copytree(repo_root / "egs" / name, root / "egs" / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
-    (root / "egs" / "TEMPLATE").symlink_to(repo_root / "egs" / "TEMPLATE")
+    copy_recipes(root)
     save_tiny_hf_teacher(root / "hf_teacher")
     return root / "egs" / "voxceleb" / "oskdft", root / "hf_teacher", repo_root
 
