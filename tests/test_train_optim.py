@@ -7,7 +7,8 @@ import torch
 
 from speechdistill.config import ConfigError
 from speechdistill.train import TrainerConfig, decay_param_groups, lr_multiplier
-from speechdistill.train.optim import (build_optimizer, flip_ascent_gradients, group_learning_rates,
+from speechdistill.train.optim import (build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm,
+                                       group_learning_rates, step_with_multiplier,
                                        load_optimizer_state)
 
 
@@ -148,3 +149,52 @@ def test_resume_keeps_moments_but_takes_current_hyperparameters():
     assert group["lr"] == pytest.approx(2e-3 * 17 / 20) and group["weight_decay"] == 0.05
     scheduler2.step()
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(2e-3 * 16 / 20)
+
+
+def test_gradient_norm_equals_torch_total_norm_and_keeps_non_finite():
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=generator) for shape in ((300, 70), (70,), (5, 3, 9), ())]
+    grads.append(torch.randn(40, 30, generator=generator).t())  # a non-contiguous one
+    expected = torch.nn.utils.get_total_norm(grads, foreach=False)
+    assert gradient_norm(grads).dtype == torch.float32
+    torch.testing.assert_close(gradient_norm(grads), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gradient_norm([g.bfloat16() for g in grads]),
+                               torch.nn.utils.get_total_norm([g.bfloat16().float() for g in grads]), rtol=1e-5, atol=0)
+    assert math.isinf(float(gradient_norm(grads + [torch.tensor([1.0, float("inf")])])))
+    assert math.isnan(float(gradient_norm(grads + [torch.tensor([float("nan")])])))
+    with pytest.raises(ValueError):
+        gradient_norm([])
+
+
+def test_clip_multiplier_is_clip_grad_norms_factor_times_the_scale():
+    norm = torch.tensor(4.0)
+    assert clip_multiplier(norm, 0.0) is None
+    assert float(clip_multiplier(norm, 1.0)) == pytest.approx(1.0 / (4.0 + 1e-6))
+    assert float(clip_multiplier(norm, 10.0)) == 1.0  # under the bound: unchanged
+    assert float(clip_multiplier(norm, 1.0, torch.tensor(0.5))) == pytest.approx(0.5 / (4.0 + 1e-6))
+    assert float(clip_multiplier(norm, 0.0, torch.tensor(0.5))) == 0.5
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_step_with_multiplier_equals_clip_grad_norm_then_step(fused):
+    """The fused optimizer takes the multiplier as its grad_scale; the result is what clipping the
+    gradients (torch's clip_grad_norm_) and stepping gives, gradients included."""
+    generator = torch.Generator().manual_seed(1)
+    shapes = ((64, 32), (32,), (7, 5))
+    ours = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kwargs = dict(lr=0.01, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    opt_ours = torch.optim.AdamW(ours, fused=fused or None, foreach=False if not fused else None, **kwargs)
+    opt_reference = torch.optim.AdamW(reference, foreach=False, **kwargs)
+    for step in range(3):
+        grads = [torch.randn(s, generator=generator) * (step + 1) for s in shapes]
+        for p, q, g in zip(ours, reference, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        norm = gradient_norm([p.grad for p in ours])
+        step_with_multiplier(opt_ours, clip_multiplier(norm, 0.5))
+        torch.nn.utils.clip_grad_norm_(reference, 0.5, foreach=False)
+        opt_reference.step()
+        assert not hasattr(opt_ours, "grad_scale")
+        for p, q in zip(ours, reference):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

@@ -30,7 +30,7 @@ from ..models.encoder import Encoder
 from ..models.checkpoints import save_model
 from ..models.profiling import count_macs
 from ..models.students import REPO_ROOT, load_preset
-from ..train.optim import build_optimizer, flip_ascent_gradients
+from ..train.optim import build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, step_with_multiplier
 from ..train.precision import autocast
 from ..train.task import TrainContext
 
@@ -175,15 +175,10 @@ class OurDistillStep:
         (self.scaler.scale(loss) if fp16 else loss).backward()
         if fp16:
             self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.module.parameters() if p.grad is not None]
-        if self.config.grad_clip > 0 and params:
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip, foreach=True)
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        multiplier = clip_multiplier(gradient_norm(grads), self.config.grad_clip) if grads else None
         flip_ascent_gradients(self.optimizer)
-        if fp16:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        step_with_multiplier(self.optimizer, multiplier, self.scaler)  # as the trainer's update
         self.scheduler.step()
         self.updates += 1
         return loss.detach()

@@ -12,7 +12,7 @@ instead of pushing away, so neither sign convention is what a user would expect)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -114,6 +114,61 @@ def build_optimizer(model: torch.nn.Module, groups: Iterable[Dict[str, Any]], co
                                   weight_decay=config.weight_decay, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     return optimizer, scheduler
+
+
+def gradient_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm over all of ``grads``, a float32 0-d tensor on their device (no host sync; inf or
+    NaN when any gradient is). On a CPU, a sum of per-tensor dot products (BLAS, multi-threaded):
+    the per-tensor ``linalg.vector_norm`` that ``clip_grad_norm_`` runs there took 1.3x longer."""
+    if not grads:
+        raise ValueError("gradient_norm needs at least one gradient")
+    if all(g.device.type == "cpu" for g in grads):
+        flat = [g.reshape(-1).float() for g in grads]  # (no copy for float32 contiguous gradients)
+        return torch.stack([torch.dot(f, f) for f in flat]).sum().sqrt()
+    return torch.nn.utils.get_total_norm(grads, foreach=True).float()
+
+
+def clip_multiplier(norm: torch.Tensor, max_norm: float, scale: Optional[torch.Tensor] = None
+                    ) -> Optional[torch.Tensor]:
+    """What the gradients are to be multiplied by before the update: ``scale`` (e.g. accumulation's
+    rescaling) times the clipping factor ``min(1, max_norm / (norm + 1e-6))`` (``clip_grad_norm_``'s)
+    when ``max_norm > 0``; ``norm`` is that of the already scaled gradients. None: leave them."""
+    if max_norm <= 0:
+        return scale
+    clip = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    return clip if scale is None else scale * clip
+
+
+def _fused_step_scales(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(optimizer.defaults.get("fused")) and getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+def step_with_multiplier(optimizer: torch.optim.Optimizer, multiplier: Optional[torch.Tensor],
+                         scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """``optimizer.step()`` on the gradients times ``multiplier`` (0-d tensor or None), through
+    ``scaler`` when it is enabled (fp16; its gradients must be unscaled already).
+
+    A fused optimizer takes the multiplier inside its own pass over the gradients, as the divisor
+    ``grad_scale`` that GradScaler hands to it (the gradients are left multiplied, as after a
+    separate ``mul_``); that saves a read and a write of every gradient, ~3 % of a DistilHuBERT
+    step on a CPU together with :func:`gradient_norm`. Otherwise the gradients are multiplied first.
+    """
+    scaled = scaler is not None and scaler.is_enabled()
+    if multiplier is not None and not scaled and _fused_step_scales(optimizer):
+        optimizer.grad_scale = multiplier.reciprocal().float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale
+        return
+    if multiplier is not None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch._foreach_mul_(grads, multiplier)
+    if scaled:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def flip_ascent_gradients(optimizer: torch.optim.Optimizer) -> None:

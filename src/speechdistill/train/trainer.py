@@ -43,7 +43,8 @@ from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import TrainerConfig
 from .logs import MetricsWriter, close_logger, setup_logger, write_plots
-from .optim import build_optimizer, flip_ascent_gradients, group_learning_rates, load_optimizer_state
+from .optim import (build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, group_learning_rates,
+                    load_optimizer_state, step_with_multiplier)
 from .precision import autocast, common_precision, resolve_device, resolve_precision
 from .task import StepOutput, Task, TrainContext, item_fields_of
 
@@ -145,6 +146,7 @@ class Trainer:
         self.resume = resume or "auto"
         self.module: Optional[torch.nn.Module] = None  # the unwrapped trainable module, after run()
         self._stop_signal: Optional[str] = None
+        self._grad_multiplier: Optional[torch.Tensor] = None  # accumulation rescale x clip, for the next update
         self._skipped_keys: set = set()
         self._stream: Optional[Iterator[Dict[str, Any]]] = None
 
@@ -561,11 +563,8 @@ class Trainer:
     def _apply_update(self) -> None:
         self.nonfinite_in_row = 0
         flip_ascent_gradients(self.optimizer)
-        if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        step_with_multiplier(self.optimizer, self._grad_multiplier, self.scaler)
+        self._grad_multiplier = None
         self._update_lrs = group_learning_rates(self.optimizer)  # the lrs this update used
         self.scheduler.step()
         self.step += 1
@@ -591,16 +590,21 @@ class Trainer:
         return TrainResult("preempted", self.step, self.last_checkpoint)
 
     def _finish_gradients(self, reference: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-        """Rescale accumulated gradients to the mean over all micro-batches, clip; returns the norm."""
-        params = [p for p in self.module.parameters() if p.grad is not None]
-        if self.config.accum_steps > 1 and params:
-            factor = reference / torch.where(total > 0, total, torch.ones_like(total))
-            torch._foreach_mul_([p.grad for p in params], factor)
-        if not params:
+        """The gradients' norm after rescaling accumulated ones to the mean over all micro-batches;
+        that rescaling and the clipping are left to the update (``self._grad_multiplier``, applied
+        by :func:`step_with_multiplier` inside a fused optimizer's pass)."""
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        self._grad_multiplier = None
+        if not grads:
             return torch.zeros((), device=self.device)
-        if self.config.grad_clip > 0:
-            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip, foreach=True)
-        return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        factor = None
+        if self.config.accum_steps > 1:
+            factor = reference / torch.where(total > 0, total, torch.ones_like(total))
+        norm = gradient_norm(grads)
+        if factor is not None:
+            norm = norm * factor
+        self._grad_multiplier = clip_multiplier(norm, self.config.grad_clip, factor)
+        return norm
 
     def _skip_update(self, micro_terms: List[tuple], gradient_only: bool) -> None:
         """A non-finite loss or gradient: no update, count it, stop after too many in a row."""
