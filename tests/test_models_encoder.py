@@ -492,10 +492,12 @@ def test_tap_weight_norm_equals_autograd_over_several_row_blocks():
     assert bool(((in_bf16.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-30).all())  # one bf16 rounding
 
 
-def test_float32_cpu_cnn_runs_channels_first_and_equals_the_time_major_path(monkeypatch):
-    """In float32 on CPU the CNN runs channels-first through oneDNN's conv1d (MKL's float32 GEMM behind the
-    window products is half as fast on AMD CPUs); it gives the time-major path's features, with padding
-    (GroupNorm statistics over valid samples) and a pruned CNN's output scale, in inference and training."""
+def test_float32_cpu_cnn_channels_first_and_time_major_paths_agree(monkeypatch):
+    """In float32 on a CPU the CNN trains time-major on window products through oneDNN's matmul; without
+    oneDNN's matmul it runs channels-first through conv1d (MKL's float32 GEMM behind the window products
+    is half as fast on AMD CPUs). Both give the same features, with padding (GroupNorm statistics over
+    valid samples) and a pruned CNN's output scale, in inference and training."""
+    from speechdistill.models import components
     from speechdistill.models.components import ConvFeatureExtractor
     torch.manual_seed(0)
     cnn = ConvFeatureExtractor([[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 2, 2]], norm="group", output_scale=True)
@@ -504,7 +506,11 @@ def test_float32_cpu_cnn_runs_channels_first_and_equals_the_time_major_path(monk
         cnn.blocks[0].norm.weight.uniform_(0.5, 1.5)
         cnn.blocks[0].norm.bias.normal_()
     wavs, lengths = batch([4000, 2500])
-    assert cnn._channels_first_float32(wavs)
+    has_onednn = components.onednn_linear_supports(torch.device("cpu"), torch.float32)
+    assert cnn._channels_first_float32(wavs) == (not has_onednn)
+    with monkeypatch.context() as patch:
+        patch.setitem(components._ONEDNN_LINEAR, "enabled", False)
+        assert cnn._channels_first_float32(wavs)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not cnn._channels_first_float32(wavs)  # bf16 keeps the window products
 
@@ -715,3 +721,81 @@ def test_zero_padded_frames_zeroes_exactly_the_padded_frames(time_dim, per_utter
     got = _zero_padded_frames(y.clone(), lengths, time_dim, per_utterance=per_utterance)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert _zero_padded_frames(y, None, time_dim) is y
+
+
+def test_onednn_matmul_equals_mm_on_every_operand_layout_the_cnn_passes():
+    """Window views (rows apart by the stride), overlapping windows, column slices and transposes, as
+    window_products and _WindowConv pass them; a weight operand with gaps between its rows is copied
+    first (oneDNN's reference kernel took seconds for it)."""
+    import time
+
+    from speechdistill.models.components import matmul, matmul_into, onednn_linear_supports, onednn_matmul
+    if not onednn_linear_supports(torch.device("cpu"), torch.float32):
+        pytest.skip("this torch has no oneDNN matmul")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4000, 512, generator=generator)
+    third_tap = torch.as_strided(x, (1999, 512), (1024, 1), 1024)  # rows 1024 apart, 512 wide
+    overlapping = torch.randn(16000, generator=generator).unfold(0, 10, 5)  # [3199, 10], strides (5, 1)
+    weight = torch.randn(512, 1536, generator=generator)
+    grad = torch.randn(1999, 512, generator=generator)
+    cases = [(third_tap, weight[:, 1024:].t()), (grad.t(), third_tap), (grad, weight[:, :512]),
+             (torch.randn(512, 3199, generator=generator), overlapping), (x[0, :3998].reshape(1999, 1024), weight[:, :1024].t())]
+    for a, b in cases:
+        start = time.perf_counter()
+        product = onednn_matmul(a, b)
+        assert time.perf_counter() - start < 2.0  # not the reference kernel
+        torch.testing.assert_close(product, torch.mm(a, b), rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(matmul(a, b), product, rtol=0, atol=0)
+        out = torch.ones(a.shape[0], b.shape[1])
+        matmul_into(out, a, b, accumulate=True)
+        torch.testing.assert_close(out, product + 1, rtol=1e-5, atol=1e-4)
+        matmul_into(out, a, b)
+        torch.testing.assert_close(out, product, rtol=0, atol=0)
+
+
+def test_float32_training_products_run_on_onednn_and_equal_f_linear():
+    """Trainable float32 projections on a CPU (and the heads' split products) go through oneDNN's matmul
+    in forward and backward; values and every gradient equal F.linear's / einsum's."""
+    from speechdistill.models.components import dense_linear_applies, frozen_linear, onednn_linear_supports
+    from speechdistill.models.heads import SplitLinear
+    if not onednn_linear_supports(torch.device("cpu"), torch.float32):
+        pytest.skip("this torch has no oneDNN matmul")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 80)
+    x = torch.randn(3, 70, 96)[..., ::2].requires_grad_()  # a non-contiguous input
+    y = frozen_linear(layer, x, gelu=True)
+    assert "DenseOneDnnLinear" in type(y.grad_fn.next_functions[0][0]).__name__
+    (y.square().sum() + y[0, 0, 0]).backward()
+    ours = [t.grad.clone() for t in (x, layer.weight, layer.bias)]
+    for t in (x, layer.weight, layer.bias):
+        t.grad = None
+    reference = F.gelu(F.linear(x, layer.weight, layer.bias))
+    (reference.square().sum() + reference[0, 0, 0]).backward()
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(ours, (x.grad, layer.weight.grad, layer.bias.grad)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+    # a frozen layer between trainable ones: only the input gets a gradient
+    layer.requires_grad_(False)
+    x.grad = None
+    frozen_linear(layer, x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand_as(x), rtol=1e-5, atol=1e-5)
+    # bf16 autocast, empty inputs and fully pruned layers keep F.linear
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not dense_linear_applies(x, layer.weight, layer.bias)
+    assert not dense_linear_applies(x[:0], layer.weight, layer.bias)
+    assert not dense_linear_applies(x, layer.weight[:0], layer.bias[:0])
+
+    split = SplitLinear(3, 16, 24)
+    h = torch.randn(2, 9, 48, requires_grad=True)
+    out = split(h)
+    assert out.shape == (2, 9, 3, 24)
+    out.square().sum().backward()
+    ours = [t.grad.clone() for t in (h, split.weight, split.bias)]
+    for t in (h, split.weight, split.bias):
+        t.grad = None
+    chunks = h.unflatten(-1, (3, 16))
+    reference = torch.einsum("...ki,kio->...ko", chunks, split.weight) + split.bias
+    reference.square().sum().backward()
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(ours, (h.grad, split.weight.grad, split.bias.grad)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)

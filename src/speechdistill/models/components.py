@@ -137,6 +137,86 @@ def _packs_linear(x: torch.Tensor, parts: Sequence[torch.Tensor], dtype: torch.d
             and dtype in _ONEDNN_LINEAR["dtypes"] and onednn_linear_supports(x.device, dtype) and _is_frozen(parts))
 
 
+def onednn_matmul(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``a @ b`` (+ ``bias``) for 2-D float32 CPU operands of any strides, by oneDNN's matmul on the
+    plain (not packed) operands: its float32 kernels use AVX-512 where MKL's GEMM behind ``torch.mm``
+    does not (AMD CPUs): 258 x 768 x 3072 took 2.5-2.9 ms here vs 5.6-5.9 ms for each of the three
+    products of a linear layer's forward and backward. The caller checks :func:`onednn_linear_supports`."""
+    if not (b.is_contiguous() or b.t().is_contiguous()):
+        # oneDNN takes a weight with gaps between its rows (a window view, a column slice) only through
+        # its reference kernel: 6.8 s instead of 3 ms for a 512 x 1999 x 512 product
+        b = b.contiguous()
+    return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
+
+
+def _onednn_float32(a: torch.Tensor) -> bool:
+    return a.dtype == torch.float32 and not torch.compiler.is_compiling() and onednn_linear_supports(a.device, a.dtype)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.mm(a, b)``; float32 on a CPU through :func:`onednn_matmul`."""
+    return onednn_matmul(a, b) if _onednn_float32(a) else torch.mm(a, b)
+
+
+def matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
+    """``out = a @ b`` (``out += a @ b`` when ``accumulate``), ``out`` any 2-D view; float32 on a CPU
+    through :func:`onednn_matmul`, whose result is then copied or added (oneDNN writes a new tensor;
+    the extra pass over the output costs far less than MKL's slower float32 product)."""
+    if _onednn_float32(a):
+        product = onednn_matmul(a, b)
+        out.add_(product) if accumulate else out.copy_(product)
+    elif accumulate:
+        out.addmm_(a, b)
+    else:
+        torch.mm(a, b, out=out)
+
+
+class _DenseOneDnnLinear(torch.autograd.Function):
+    """``F.linear`` in float32 on a CPU with forward and backward through :func:`onednn_matmul`:
+    y = x W^T + b, dx = dy W, dW = dy^T x, db = sum(dy). For trainable layers, whose weights change
+    every update (packing them, as :func:`frozen_product` does for frozen ones, would be paid per call)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """x: [..., in] float32; weight: [out, in]; bias: [out] or None. Returns [..., out]."""
+        rows = x.reshape(-1, x.shape[-1])
+        if not rows.is_contiguous():
+            rows = rows.contiguous()
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias, ctx.leading = bias is not None, x.shape[:-1]
+        return onednn_matmul(rows, weight.t(), bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        rows, weight = ctx.saved_tensors
+        grad_rows = grad.reshape(-1, grad.shape[-1])
+        if not grad_rows.is_contiguous():
+            grad_rows = grad_rows.contiguous()
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn_matmul(grad_rows, weight).view(*ctx.leading, weight.shape[1])
+        if ctx.needs_input_grad[1]:
+            grad_weight = onednn_matmul(grad_rows.t(), rows)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through :class:`_DenseOneDnnLinear` (differentiable; weights of any
+    layout a transpose makes contiguous); callers check :func:`dense_linear_applies` first."""
+    return _DenseOneDnnLinear.apply(x, weight, bias)
+
+
+def dense_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
+    """Whether :func:`dense_linear` runs ``F.linear(x, weight, bias)``: float32 (autocast off) on a CPU
+    whose torch has oneDNN's matmul, non-empty operands of matching width, not under torch.compile."""
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and compute_dtype(x) == torch.float32
+            and (bias is None or bias.dtype == torch.float32) and x.dim() >= 2 and x.numel() > 0
+            and weight.numel() > 0 and x.shape[-1] == weight.shape[-1] and not torch.compiler.is_compiling()
+            and onednn_linear_supports(x.device, torch.float32))
+
+
 def frozen_product(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
                    combine: Callable[[Sequence[torch.Tensor]], Tuple[torch.Tensor, ...]], x: torch.Tensor,
                    gelu: bool = False) -> torch.Tensor:
@@ -146,7 +226,10 @@ def frozen_product(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
     GELU is fused into it. MKL's float32 GEMM behind ``F.linear`` does not use AVX-512 on AMD processors:
     a HuBERT Base FFN product (199 x 768 x 3072) took 5.6-5.9 ms there and 2.3-2.6 ms packed; in bf16
     1.19 vs 1.10 ms. The packed copy costs the weights' size again in memory (HuBERT Base's projections:
-    340 MB in float32, 170 MB in bf16). Otherwise :func:`frozen_operands` and ``F.linear``.
+    340 MB in float32, 170 MB in bf16). Otherwise :func:`frozen_operands` and ``F.linear``, except in
+    float32 on a CPU (training, an input that needs a gradient), where :func:`dense_linear` runs the
+    forward and backward products on oneDNN's matmul over the plain weights (DistilHuBERT's float32
+    step: 8 % faster).
     """
     dtype = compute_dtype(x)
     if _packs_linear(x, parts, dtype):
@@ -162,7 +245,15 @@ def frozen_product(owner: nn.Module, slot: str, parts: Sequence[torch.Tensor],
             _ONEDNN_LINEAR["enabled"] = False
             warnings.warn(f"oneDNN packed linear unavailable ({error}); using F.linear")
     weight, bias = frozen_operands(owner, slot, parts, combine)
-    y = F.linear(x, weight, bias)
+    if dense_linear_applies(x, weight, bias):
+        try:
+            y = dense_linear(x, weight, bias)
+        except RuntimeError as error:
+            _ONEDNN_LINEAR["enabled"] = False
+            warnings.warn(f"oneDNN matmul unavailable ({error}); using F.linear")
+            y = F.linear(x, weight, bias)
+    else:
+        y = F.linear(x, weight, bias)
     if not gelu:
         return y
     # in place when nothing needs the pre-activation (inference): no second large buffer
@@ -350,15 +441,12 @@ def window_products(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     for row, count in enumerate(valid):
         row_weight = weight[row] if weight.dim() == 3 else weight
         if copied:
-            torch.mm(windows[row, :count], row_weight.t(), out=out[row, :count])
+            matmul_into(out[row, :count], windows[row, :count], row_weight.t())
         else:
             for index, (start, taps) in enumerate(_tap_chunks(kernel, stride)):
                 part = row_weight[:, start * channels:(start + taps) * channels].t()
                 window = _windows(x, start, taps, kernel, stride)[row, :count]
-                if index == 0:
-                    torch.mm(window, part, out=out[row, :count])
-                else:
-                    out[row, :count].addmm_(window, part)
+                matmul_into(out[row, :count], window, part, accumulate=index > 0)
         if bias is not None:
             out[row, :count].add_(bias[row] if bias.dim() == 2 else bias)
         if count < out_frames:
@@ -417,7 +505,7 @@ class _WindowConv(torch.autograd.Function):
                 raise RuntimeError("window products: no input gradient through copied windows; use conv1d")
             if ctx.needs_input_grad[1]:
                 windows = x.unfold(1, kernel, stride).transpose(-1, -2).reshape(batch, -1, kernel * channels)
-                products = [torch.mm(grad[row, :count].t(), windows[row, :count]) for row, count in enumerate(valid)]
+                products = [matmul(grad[row, :count].t(), windows[row, :count]) for row, count in enumerate(valid)]
                 if ctx.per_row:
                     grad_weight = torch.stack(products)  # [B, C_out, K]
                 else:
@@ -445,11 +533,11 @@ class _WindowConv(torch.autograd.Function):
                 window = _windows(x, start, taps, kernel, stride)
                 if grad_weight is not None and ctx.per_row:
                     for row, count in enumerate(valid):
-                        grad_weight[row, :, columns] = torch.mm(grad[row, :count].t(), window[row, :count])
+                        grad_weight[row, :, columns] = matmul(grad[row, :count].t(), window[row, :count])
                 elif grad_weight is not None:
                     total = None
                     for row, count in enumerate(valid):
-                        product = torch.mm(grad[row, :count].t(), window[row, :count])  # [C_out, taps * C_in]
+                        product = matmul(grad[row, :count].t(), window[row, :count])  # [C_out, taps * C_in]
                         total = product.to(accumulate) if total is None else total.add_(product)
                     grad_weight[:, :, start:start + taps] = total.view(-1, taps, channels).permute(0, 2, 1)
                 if grad_x is not None:
@@ -457,10 +545,8 @@ class _WindowConv(torch.autograd.Function):
                     part = flat[:, columns] if not ctx.per_row else None
                     for row, count in enumerate(valid):
                         weight_part = part if part is not None else flat[row][:, columns]
-                        if start == 0 and writes_first:
-                            torch.mm(grad[row, :count], weight_part, out=view[row, :count])
-                        else:
-                            view[row, :count].addmm_(grad[row, :count], weight_part)
+                        matmul_into(view[row, :count], grad[row, :count], weight_part,
+                                    accumulate=not (start == 0 and writes_first))
         if grad_weight is not None:
             grad_weight = grad_weight.to(ctx.weight_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -665,8 +751,8 @@ class ConvBlock(nn.Module):
         per_row = self.folds_group_norm
         copies_windows = _copies_windows(k, s, channels, self.out_channels)  # (no input gradient through those)
         dtype = compute_dtype(x)
-        if x.device.type == "cpu" and dtype != torch.float32 and not (x.requires_grad and copies_windows) \
-                and not torch.compiler.is_compiling():  # (torch.compile generates its own kernels)
+        if x.device.type == "cpu" and (dtype != torch.float32 or onednn_linear_supports(x.device, dtype)) \
+                and not (x.requires_grad and copies_windows) and not torch.compiler.is_compiling():  # (torch.compile generates its own kernels)
             # CPU training in bf16/fp16: window products with their own backward (faster than oneDNN's, see
             # _WindowConv; in float32 oneDNN's is faster); the shared weight goes in its parameter layout,
             # so its gradient needs no re-layout
@@ -710,12 +796,14 @@ class ConvFeatureExtractor(nn.Module):
         return self.blocks[-1].out_channels
 
     def _channels_first_float32(self, wavs: torch.Tensor) -> bool:
-        """Whether this forward runs channels-first through oneDNN's conv1d: float32 on a CPU (MKL's
-        float32 GEMM, behind the window products, runs at half of oneDNN's speed on AMD processors:
-        ~190 vs ~360 GFLOP/s on an EPYC, the whole CNN 1.9x faster), for CNNs without LayerNorm or
-        channel gates (HuBERT / wav2vec 2.0 Base, WavLM Base, every student copied from them)."""
+        """Whether this forward runs channels-first through oneDNN's conv1d: float32 on a CPU whose
+        torch lacks oneDNN's matmul (the window products would run on MKL's float32 GEMM, at half of
+        oneDNN's speed on AMD processors), for CNNs without LayerNorm or channel gates (HuBERT /
+        wav2vec 2.0 Base, WavLM Base, every student copied from them). With oneDNN's matmul the
+        window products train faster than oneDNN's conv1d (DistilHuBERT's CNN, 2 x 2.6 s, forward +
+        backward: 0.35 vs 0.48 s)."""
         return (wavs.device.type == "cpu" and compute_dtype(wavs) == torch.float32
-                and not torch.compiler.is_compiling()
+                and not onednn_linear_supports(wavs.device, torch.float32) and not torch.compiler.is_compiling()
                 and all(block.gate is None and not isinstance(block.norm, nn.LayerNorm) for block in self.blocks)
                 and all(block.norm is None or block.folds_group_norm for block in self.blocks))
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import from_dict, to_dict
-from .components import frozen_linear
+from .components import dense_linear, dense_linear_applies, frozen_linear
 
 
 @dataclass
@@ -73,6 +73,10 @@ class SplitLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chunks = x.unflatten(-1, (self.num_splits, self.in_dim))
+        if dense_linear_applies(chunks, self.weight[0].t(), self.bias[0]):
+            # float32 on a CPU: one oneDNN product per split (einsum's bmm runs on MKL's float32 GEMM)
+            return torch.stack([dense_linear(chunks[..., k, :], self.weight[k].t(), self.bias[k])
+                                for k in range(self.num_splits)], dim=-2)
         return torch.einsum("...ki,kio->...ko", chunks, self.weight.to(chunks.dtype)) + self.bias.to(chunks.dtype)
 
 
