@@ -799,3 +799,20 @@ def test_float32_training_products_run_on_onednn_and_equal_f_linear():
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
     for mine, theirs in zip(ours, (h.grad, split.weight.grad, split.bias.grad)):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_softmax_reuses_the_scores_buffer_and_training_keeps_autograd():
+    from speechdistill.models.components import _softmax_last_dim
+    scores = torch.randn(2, 3, 5, 5)
+    expected = torch.softmax(scores, dim=-1)
+    with torch.no_grad():
+        probs = _softmax_last_dim(scores)
+    assert probs.data_ptr() == scores.data_ptr()  # no fresh [B, H, N, N] buffer
+    torch.testing.assert_close(probs, expected, rtol=0, atol=0)
+    trained = torch.randn(2, 3, 5, 5, requires_grad=True)
+    out = _softmax_last_dim(trained)
+    assert out.data_ptr() != trained.data_ptr()
+    (out * torch.arange(5.0)).sum().backward()
+    reference = trained.detach().clone().requires_grad_()
+    (torch.softmax(reference, -1) * torch.arange(5.0)).sum().backward()
+    torch.testing.assert_close(trained.grad, reference.grad)

@@ -1207,6 +1207,15 @@ def _concatenated_qkv(parts: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torc
     return torch.cat(parts[:3]), torch.cat(parts[3:])
 
 
+def _softmax_last_dim(scores: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax(scores, -1)``, written over ``scores`` when no gradient is needed: a fresh
+    [B, H, N, N] float32 map is tens of MB (4 x 12 x 500^2: 48 MB), and on a CPU its page faults cost
+    4x the softmax itself (16.8 vs 3.3 ms)."""
+    if (torch.is_grad_enabled() and scores.requires_grad) or torch.compiler.is_compiling():
+        return torch.softmax(scores, dim=-1)
+    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with optional WavLM gated relative position bias, attention-map
     reuse (no query/key projections) and a hard-concrete gate per head.
@@ -1315,7 +1324,7 @@ class SelfAttention(nn.Module):
                 scores = torch.matmul(q * (dim ** -0.5), k.transpose(-1, -2)).float()
                 if mask is not None:
                     scores = scores + mask if mask.dtype != torch.bool else scores.masked_fill(~mask, float("-inf"))
-                probs = torch.softmax(scores, dim=-1)
+                probs = _softmax_last_dim(scores)
                 out = torch.matmul(dropout(probs, drop).to(v.dtype), v)
                 if not need_probs:
                     probs = None
