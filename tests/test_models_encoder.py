@@ -514,6 +514,10 @@ def test_float32_cpu_cnn_channels_first_and_time_major_paths_agree(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not cnn._channels_first_float32(wavs)  # bf16 keeps the window products
 
+    # this toy CNN's products are under the size oneDNN's matmul is used from: take it anyway, so that
+    # the time-major side runs the float32 window products on oneDNN as a full-size CNN does
+    monkeypatch.setattr(components, "ONEDNN_MIN_MACS", 0)
+
     def run(channels_first, grad):
         monkeypatch.setattr(ConvFeatureExtractor, "_channels_first_float32",
                             lambda self, w: channels_first)

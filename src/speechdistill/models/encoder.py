@@ -195,7 +195,7 @@ class Encoder(nn.Module):
                 features, last_mask = self.feature_extractor(wavs, lengths, host_lengths=host_lengths)
         batch, frames, _ = features.shape
         padding = None
-        if min(self.frame_lengths(n) for n in host_lengths) < frames:
+        if self.frame_lengths(min(host_lengths)) < frames:  # (frames grow with samples)
             padding = torch.arange(frames, device=wavs.device)[None, :] >= frame_lengths[:, None]
 
         x = self._feature_norm(features, last_mask) if self.feature_norm is not None else features
