@@ -40,11 +40,18 @@ def copy_librispeech_recipe(root: Path) -> Path:
     return copy_recipes(root) / "librispeech" / "distill"
 
 
+def single_process_env(**extra: str) -> dict:
+    """This environment for a child process on one thread, outside any torchrun / Slurm launch (their
+    variables would make the trainer join a process group), plus ``extra``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")
+           and name not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+    return env
+
+
 def run_recipe(recipe: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """``./run.sh ARGS`` in ``recipe`` on one thread per job, outside any torchrun/Slurm environment."""
-    env = dict(os.environ, SPEECHDISTILL_ROOT=str(REPO), OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
-        env.pop(name, None)
+    env = single_process_env(SPEECHDISTILL_ROOT=str(REPO))
     return subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,7 +8,6 @@ on CPU in fp32 with one thread.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import single_process_env  # noqa: E402
 from test_distill_common import REPO, make_data_dir, make_noise_and_rirs, save_tiny_teacher  # noqa: E402
 
 MAX_STEPS = 12
@@ -59,10 +59,7 @@ def _command(config: Path, out: Path):
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
-        env.pop(name, None)
-    return env
+    return single_process_env(PYTHONPATH=str(REPO / "src"))
 
 
 def _final_weights(out: Path):

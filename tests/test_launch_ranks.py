@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import single_process_env  # noqa: E402
 from _train_toy import make_data_dir  # noqa: E402
 
 from speechdistill.launch import REQUEUE_EXIT_CODE  # noqa: E402
@@ -49,19 +50,12 @@ def train_dir(tmp_path_factory):
     return make_data_dir(tmp_path_factory.mktemp("ranks-data") / "train", lengths, seed=3)
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SLURM_") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
-
-
 def _launch(train_dir, out, *extra):
     command = [sys.executable, "-m", "speechdistill.bin.torchrun", "--standalone", "--nproc_per_node", "2", str(TOY),
                "--output-dir", str(out), "--train-data", str(train_dir), "--max_steps", "12", "--batch_seconds", "1.0",
                "--max_seconds", "0.45", "--min_seconds", "0.1", "--lr", "0.01", "--precision", "fp32", "--device", "cpu",
                "--threads", "1", "--num_workers", "0", "--log_every", "1", "--checkpoint_every", "100", *extra]
-    return subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, env=single_process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])

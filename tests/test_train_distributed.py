@@ -5,7 +5,6 @@ different numbers of frames, and the toy loss is a mean over frames. Two ranks w
 each must end where one process accumulating the same two micro-batches ends (the sampler gives
 rank r the global batches r, r + 2, ..., which the single process takes in order).
 """
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import single_process_env  # noqa: E402
 from _train_toy import make_data_dir  # noqa: E402
 
 from speechdistill.data.dataset import AudioDataset  # noqa: E402
@@ -70,13 +70,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _clean_env():
-    env = dict(os.environ)
-    for name in list(env):
-        if name.startswith("SLURM_") or name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            del env[name]
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
 
 
 MAX_STEPS = 4
@@ -120,13 +113,13 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(data, tmp_path):
 
     single, torchrun, slurm = tmp_path / "single", tmp_path / "torchrun", tmp_path / "slurm"
     procs = [subprocess.Popen([sys.executable, str(TOY), *_args(data, single, "--accum_steps", "2")],
-                              env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+                              env=single_process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(TOY),
-         *_args(data, torchrun)], env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+         *_args(data, torchrun)], env=single_process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     port = _free_port()
     for rank in range(2):  # what srun --ntasks-per-node 2 sets for each task
-        env = _clean_env()
+        env = single_process_env()
         env.update(SLURM_STEP_NUM_TASKS="2", SLURM_NTASKS="2", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
                    SLURM_NODEID="0", SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID="42")
         procs.append(subprocess.Popen([sys.executable, str(TOY), *_args(data, slurm, "--master_port", str(port))],
@@ -152,7 +145,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(data, tmp_path):
 
     # A checkpoint of 2 ranks resumes in one process (another world size): not exact, but it goes on.
     more = subprocess.run([sys.executable, str(TOY), *_args(data, torchrun, "--max_steps", str(MAX_STEPS + 2))],
-                          env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+                          env=single_process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
     assert more.returncode == 0, more.stderr[-4000:]
     log = (torchrun / "train.log").read_text()
     assert "written by 2 rank(s), this run has 1" in log and f"finished at update {MAX_STEPS + 2}" in log

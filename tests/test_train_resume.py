@@ -19,6 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import single_process_env  # noqa: E402
 from _train_toy import make_data_dir  # noqa: E402
 
 from speechdistill.train import REQUEUE_EXIT_CODE  # noqa: E402
@@ -47,11 +48,7 @@ def _command(data, out, *extra):
 
 
 def _env():
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
-        env.pop(name, None)
-    return env
+    return single_process_env()
 
 
 def _run(command, timeout=180):
