@@ -21,6 +21,14 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(params=["auto", "reference"])
+def kernel_policy(request, monkeypatch) -> str:
+    """Runs a test under both kernel policies: ``auto`` (the kernels of this machine) and ``reference`` (the
+    model's plain PyTorch, the path a GPU runs); set in the environment, so child processes inherit it."""
+    monkeypatch.setenv("SPEECHDISTILL_KERNELS", request.param)
+    return request.param
+
+
 RECIPES = ("librispeech/distill", "voxceleb/oskdft")
 
 

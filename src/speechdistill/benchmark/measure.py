@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.profiling import measure as interleaved_medians
-from ..models.components import onednn_linear, onednn_linear_supports, pack_for_onednn
+from .. import kernels
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -170,21 +170,32 @@ class _Ticking:
         return result
 
 
-MATMUL_KERNELS = ("linear", "conv1d_k1", "linear_onednn")
+def _linear_kernels(a: torch.Tensor, b: torch.Tensor) -> List[kernels.Kernel]:
+    """The registered ``linear`` kernels that run a frozen inference product of ``a`` [n, n] and ``b`` [n, n]
+    here, but for those of the ``frozen`` backend (``F.linear`` on a kept weight: the ``linear`` entry)."""
+    request = kernels.Request("linear", a.device, a.dtype, frozen=True, grad=False,
+                              size=a.shape[0] * a.shape[1] * b.shape[0])
+    return [k for k in kernels.kernels("linear") if k.backend != "frozen" and k.applies(request)]
+
+
+def matmul_kernel_names(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 64) -> List[str]:
+    """Names of the products :func:`dense_products` times on ``device`` in ``dtype``."""
+    a = torch.zeros(size, size, dtype=dtype, device=device)
+    return ["linear"] + (["conv1d_k1"] if device.type == "cpu" else []) + [k.name for k in _linear_kernels(a, a)]
 
 
 def dense_products(a: torch.Tensor, b: torch.Tensor) -> Dict[str, Callable[[], torch.Tensor]]:
-    """``a @ b^T`` ([n, n] each) by every kernel of :data:`MATMUL_KERNELS` the device has: ``linear``
-    and ``linear_onednn`` (oneDNN's matmul on a weight packed beforehand, as a frozen model's projections
-    run on CPUs: :func:`speechdistill.models.components.frozen_product`) return it as is, ``conv1d_k1``
-    transposed ([1, n, n]: channels-first, one kernel tap)."""
+    """``a @ b^T`` ([n, n] each) by every product the device has: ``linear`` (``F.linear``), on CPUs
+    ``conv1d_k1`` (the same product as a kernel-1 ``conv1d``, returned transposed: [1, n, n]), and every
+    registered ``linear`` kernel that applies to a frozen inference product here (e.g. oneDNN's matmul on a
+    packed weight, as frozen models run on CPUs: :mod:`speechdistill.kernels.linear`)."""
     runs: Dict[str, Callable[[], torch.Tensor]] = {"linear": lambda: F.linear(a, b)}
     if a.device.type == "cpu":
         channels_first, weight = a.t().contiguous().unsqueeze(0), b.unsqueeze(-1)  # [1, n, n], [n, n, 1]
         runs["conv1d_k1"] = lambda: F.conv1d(channels_first, weight)
-        if onednn_linear_supports(a.device, a.dtype):
-            packed = pack_for_onednn(b, a.shape[0])
-            runs["linear_onednn"] = lambda: onednn_linear(a, packed, None)
+    owner, frozen = torch.nn.Module(), b.detach()
+    for kernel in _linear_kernels(a, b):
+        runs[kernel.name] = lambda kernel=kernel: kernel.run(a, owner, "peak", (frozen,), lambda p: (p[0], None), False)
     return runs
 
 
@@ -192,11 +203,9 @@ def matmul_flops_by_kernel(device: torch.device, sizes: Dict[torch.dtype, int], 
                            progress: Optional[Callable[[], None]] = None) -> Dict[torch.dtype, Dict[str, float]]:
     """Dense n x n x n product FLOP/s (2 n^3 per product) for each dtype and kernel, interleaved medians.
 
-    Kernels: ``linear`` (``F.linear``, behind every linear layer in training: MKL for float32 on CPUs,
-    oneDNN for bf16) and, on CPUs, ``conv1d_k1`` (the same product as a kernel-1 ``conv1d``, always
-    oneDNN) and ``linear_onednn`` (oneDNN's matmul on a pre-packed weight, as frozen models run). They
-    differ by 2x on some CPUs: MKL's float32 GEMM does not use AVX-512 on AMD processors (measured on an
-    EPYC: 197 vs 363 GFLOP/s), so the fastest is the device's limit. ``sizes`` maps each dtype to its n.
+    Kernels: those of :func:`dense_products`. They differ by 2x on some CPUs (``F.linear``'s float32 GEMM
+    does not use AVX-512 on AMD processors: 197 vs 363 GFLOP/s for the packed kernel on an EPYC), so the
+    fastest is the device's limit. ``sizes`` maps each dtype to its n.
     """
     generator = torch.Generator().manual_seed(0)
     runs: Dict[str, Callable[[], Any]] = {}
@@ -218,7 +227,7 @@ def matmul_flops(device: torch.device, sizes: Dict[torch.dtype, int], *, repeats
                  progress: Optional[Callable[[], None]] = None) -> Dict[torch.dtype, float]:
     """The device's dense-product limit per dtype: the fastest kernel of :func:`matmul_flops_by_kernel`."""
     by_kernel = matmul_flops_by_kernel(device, sizes, repeats=repeats, warmup=warmup, progress=progress)
-    return {dtype: max(kernels.values()) for dtype, kernels in by_kernel.items()}
+    return {dtype: max(flops.values()) for dtype, flops in by_kernel.items()}
 
 
 @contextlib.contextmanager

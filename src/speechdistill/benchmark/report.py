@@ -33,7 +33,7 @@ def format_report(result: Dict[str, Any]) -> str:
     peak = result.get("peak")
     if peak:
         lines.append("0. Dense matmul peak (n x n x n product, 2 n^3 FLOP; the fastest of F.linear, a kernel-1 conv1d "
-                     "and oneDNN's matmul on a packed weight)")
+                     "and the linear kernels of speechdistill.kernels that apply here)")
         lines.append("")
         by_kernel = peak.get("flops_by_kernel", {})
         kernels = sorted({k for flops in by_kernel.values() for k in flops})

@@ -41,7 +41,7 @@ from .distill_step import (OurDistillStep, Workload, list_methods, method_studen
                            padded, save_random_teacher)
 from .eager_baseline import EagerDistilHubertStep, fixed_count_batches, pad_batch
 from .hf_reference import attention_implementation, build_peer, peer_forward, transformers_version
-from .measure import MATMUL_KERNELS, load_average, matmul_flops_by_kernel, time_interleaved, torch_threads
+from .measure import load_average, matmul_kernel_names, matmul_flops_by_kernel, time_interleaved, torch_threads
 
 SAMPLE_RATE = 16000
 BASELINE_METHOD = "distilhubert"
@@ -551,7 +551,7 @@ def run_benchmark(options: BenchmarkOptions, *, show_progress: bool = True) -> D
     result: Dict[str, Any] = {"meta": _meta(device, plan, sizes, options)}
     peer = transformers_version() is not None
     progress = Progress(planned_runs(sizes, plan, students, methods, peer,
-                                     peak_kernels=len(MATMUL_KERNELS) if device.type == "cpu" else 1),
+                                     peak_kernels=len(matmul_kernel_names(device))),
                         enabled=show_progress)
     section_seconds: Dict[str, float] = {}
 

@@ -23,14 +23,14 @@ keys, so an utterance gives the same hidden states alone or in any batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, Dict, List, Optional, Tuple, Union
+from typing import Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .components import (ConvFeatureExtractor, Dropout, FeedForward, ParallelAdapter, PositionalConv, SelfAttention,
-                         TransformerLayer, frozen_linear, masked_layer_norm, relative_position_buckets)
+                         TransformerLayer, masked_layer_norm, project_layer, relative_position_buckets)
 from .config import EncoderConfig
 from .grad import grad_multiply, layer_grad_split
 
@@ -115,10 +115,11 @@ class Encoder(nn.Module):
         """Valid frames [B] for ``lengths`` [B] samples: floor((L - k) / s) + 1 layer by layer."""
         return self.feature_extractor.output_lengths(lengths)
 
-    def _check_inputs(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, List[int]]:
-        """(lengths [B] on the device, the same as Python ints). The host copy is the forward's one
-        device-to-host transfer: the checks here, the CNN's per-utterance valid frames and the padding
-        test all read it (each ``bool(tensor)`` on a GPU would be a synchronisation of its own)."""
+    def _check_inputs(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor],
+                      host_lengths: Optional[Sequence[int]]) -> Tuple[torch.Tensor, List[int]]:
+        """(lengths [B] on the device, the same as Python ints). Without ``host_lengths`` the lengths are
+        read back once here (on a GPU a synchronisation): the checks, the padding test and CPU kernels
+        all use that host copy."""
         if wavs.dim() != 2:
             raise ValueError(f"wavs must be [batch, samples], got shape {list(wavs.shape)}")
         if not wavs.is_floating_point():
@@ -129,7 +130,9 @@ class Encoder(nn.Module):
         lengths = torch.as_tensor(lengths, device=wavs.device).long()
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must be [batch] = [{batch}], got shape {list(lengths.shape)}")
-        host = lengths.tolist()
+        host = list(host_lengths) if host_lengths is not None else lengths.tolist()
+        if len(host) != batch:
+            raise ValueError(f"host_lengths must hold {batch} lengths, got {len(host)}")
         if max(host, default=0) > samples:
             raise ValueError(f"a length ({max(host)}) exceeds the padded size of wavs ({samples})")
         shortest = self.config.receptive_field
@@ -162,7 +165,7 @@ class Encoder(nn.Module):
         return self.relative_position_embedding(buckets).permute(2, 0, 1)
 
     def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
-                attention_layers: Optional[Collection[int]] = None, mask_indices: Optional[torch.Tensor] = None,
+                host_lengths: Optional[Sequence[int]] = None, attention_layers: Optional[Collection[int]] = None, mask_indices: Optional[torch.Tensor] = None,
                 output_layers: Optional[Collection[int]] = None,
                 use_adapters: Union[bool, torch.Tensor, None] = None) -> EncoderOutput:
         """Run the encoder.
@@ -170,6 +173,9 @@ class Encoder(nn.Module):
         Args:
             wavs: [B, T] float32 waveform at 16 kHz, zero-padded on the right.
             lengths: [B] valid samples per utterance (None: all T).
+            host_lengths: the same lengths as Python ints, when the caller has them (a batch from
+                :func:`speechdistill.data.collate.collate_batch` carries them as ``host_lengths``): the
+                forward then reads nothing back from the device.
             attention_layers: layer indices (1-based, as hidden states) whose attention
                 probabilities [B, H, N, N] to return; other layers use fused attention.
             mask_indices: [B, N] bool; these frames are replaced by the mask embedding after the
@@ -182,7 +188,7 @@ class Encoder(nn.Module):
             EncoderOutput (hidden_states, lengths in frames, attentions, conv/projected features).
         """
         c = self.config
-        lengths, host_lengths = self._check_inputs(wavs, lengths)
+        lengths, host_lengths = self._check_inputs(wavs, lengths, host_lengths)
         if c.normalize_waveform:
             wavs = self._normalize(wavs, lengths)
         frame_lengths = self.frame_lengths(lengths)
@@ -200,7 +206,7 @@ class Encoder(nn.Module):
 
         x = self._feature_norm(features, last_mask) if self.feature_norm is not None else features
         if self.feature_projection is not None:
-            x = frozen_linear(self.feature_projection, x)
+            x = project_layer(self.feature_projection, x)
         x = self.dropout_input(x)
         projected = x
         if mask_indices is not None:

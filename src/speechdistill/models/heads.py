@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..config import from_dict, to_dict
-from .components import dense_linear, dense_linear_applies, frozen_linear
+from .components import project, project_layer
 
 
 @dataclass
@@ -72,10 +73,14 @@ class SplitLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_splits, out_dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., K * D_in] -> [..., K, D_out]."""
         chunks = x.unflatten(-1, (self.num_splits, self.in_dim))
-        if dense_linear_applies(chunks, self.weight[0].t(), self.bias[0]):
-            # float32 on a CPU: one oneDNN product per split (einsum's bmm runs on MKL's float32 GEMM)
-            return torch.stack([dense_linear(chunks[..., k, :], self.weight[k].t(), self.bias[k])
+        size = x.numel() // x.shape[-1] * self.in_dim * self.out_dim
+        if kernels.find("linear", x, (self.weight, self.bias), size) is not None:
+            # a kernel for products of this size (e.g. oneDNN's on CPUs, where einsum's bmm runs on a
+            # slower GEMM): one product per split
+            return torch.stack([project(chunks[..., k, :], self, f"split{k}", (self.weight, self.bias),
+                                        lambda parts, k=k: (parts[0][k].t(), parts[1][k]), self.in_dim, self.out_dim)
                                 for k in range(self.num_splits)], dim=-2)
         return torch.einsum("...ki,kio->...ko", chunks, self.weight.to(chunks.dtype)) + self.bias.to(chunks.dtype)
 
@@ -95,7 +100,7 @@ class PredictionHeads(nn.Module):
         """hidden: [B, N, D_in] -> predictions [B, K, N, D_out] (K = len(target_layers))."""
         if hidden.dim() != 3 or hidden.shape[-1] != self.config.in_dim:
             raise ValueError(f"prediction heads expect [batch, frame, {self.config.in_dim}], got {list(hidden.shape)}")
-        return self.split(frozen_linear(self.expand, hidden, gelu=True)).permute(0, 2, 1, 3)
+        return self.split(project_layer(self.expand, hidden, gelu=True)).permute(0, 2, 1, 3)
 
     def from_hidden_states(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         return self(hidden_states[self.config.source_layers[0]])
@@ -120,7 +125,7 @@ class LayerProjections(nn.Module):
 
     def project(self, head: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, N, D_in] -> [B, N, D_out] through head ``head``'s Linear."""
-        return frozen_linear(self.projections[self.group_of_head[head]], hidden)
+        return project_layer(self.projections[self.group_of_head[head]], hidden)
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Student hidden states (indexed like EncoderOutput) -> one [B, N, D_out] per head."""
