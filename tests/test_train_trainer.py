@@ -22,8 +22,9 @@ from speechdistill.train import REQUEUE_EXIT_CODE, Trainer, TrainingError, lr_mu
 from speechdistill.train.checkpoint import CheckpointError  # noqa: E402
 from speechdistill.train.cli import build_parser, parse_args  # noqa: E402
 from speechdistill.train.precision import (BF16_CPU_FLAGS, BF16_MIN_PROBE_SPEEDUP, autocast,  # noqa: E402
-                                           common_precision, cpu_bf16_speedup, cpu_flags, fastest_precision,
-                                           resolve_precision)
+                                           DeviceCapabilities, choose_precision, common_precision,
+                                           cpu_bf16_speedup, cpu_flags, fastest_precision, resolve_precision,
+                                           tf32_enabled)
 
 TOY = Path(__file__).resolve().parent / "_train_toy.py"
 TRAIN_LENGTHS = [800, 1200] + np.random.default_rng(11).integers(2000, 9000, 12).tolist()  # two too short
@@ -41,7 +42,8 @@ def _config(data, **overrides):
     train, valid = data
     values = dict(train_data=str(train), valid_data=str(valid), max_steps=6, batch_seconds=1.0, max_seconds=0.4,
                   min_seconds=0.1, lr=0.01, warmup_steps=2, log_every=2, valid_every=3, checkpoint_every=2,
-                  keep_checkpoints=2, num_workers=0, precision="fp32", device="cpu")
+                  keep_checkpoints=2, num_workers=0, precision="fp32", device="cpu",
+                  allow_emulated_precision=True)  # fp16/bf16 trainer logic runs on any CPU here
     values.update(overrides)
     return ToyConfig(**values)
 
@@ -200,14 +202,36 @@ def test_auto_precision_trains_in_what_is_fastest_here(data, tmp_path):
     assert f"precision {chosen}, teacher {chosen};" in (tmp_path / "auto" / "train.log").read_text()
 
 
-def test_precision_resolution():
+def test_precision_resolution_from_device_capabilities():
+    """auto: bf16 where the device computes it natively (a CPU's probe can veto it), else fp32; an explicit
+    precision the device would emulate is replaced by fp32 with a warning saying why and what it costs,
+    unless allow_emulated; TF32 on CUDA devices that have it unless turned off."""
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu, flags=frozenset({"avx2", "avx512_bf16"})) == "bf16"
     assert resolve_precision("auto", cpu, flags=frozenset({"amx_bf16"})) == "bf16"
     assert resolve_precision("auto", cpu, flags=frozenset({"avx2", "avx512f"})) == "fp32"
-    assert resolve_precision("fp16", cpu, flags=frozenset()) == "fp16"
-    with pytest.raises(ConfigError):
+    assert resolve_precision("fp16", cpu, flags=frozenset({"amx_fp16", "amx_bf16"})) == "fp16"
+    with pytest.raises(ConfigError, match="'fp8' is not one of auto, fp32, bf16, fp16"):
         resolve_precision("fp8", cpu)
+    avx2 = DeviceCapabilities("cpu", "an AVX2 CPU")
+    avx512_bf16 = DeviceCapabilities("cpu", "an EPYC", frozenset({"bf16"}), bf16_speedup=1.8)
+    slow_probe = DeviceCapabilities("cpu", "a loaded EPYC", frozenset({"bf16"}), bf16_speedup=1.05)
+    h100 = DeviceCapabilities("cuda", "NVIDIA H100", frozenset({"bf16", "fp16"}), tf32=True)
+    v100 = DeviceCapabilities("cuda", "Tesla V100", frozenset({"fp16"}), tf32=False)
+    assert [choose_precision("auto", c)[0] for c in (avx2, avx512_bf16, slow_probe, h100, v100)] == \
+        ["fp32", "bf16", "fp32", "bf16", "fp32"]
+    assert choose_precision("fp16", h100) == ("fp16", None) and choose_precision("fp16", v100) == ("fp16", None)
+    assert choose_precision("fp32", avx2) == ("fp32", None) and choose_precision("bf16", avx512_bf16)[0] == "bf16"
+    precision, warning = choose_precision("fp16", avx2, key="teacher_precision")
+    assert precision == "fp32"
+    assert "teacher_precision fp16: an AVX2 CPU has no AVX512-FP16 or AMX-FP16" in warning
+    assert "emulated" in warning and "7.3 s in fp32" in warning and "allow_emulated_precision" in warning
+    precision, warning = choose_precision("bf16", v100)
+    assert precision == "fp32" and "bf16 tensor cores (Ampere or newer)" in warning
+    precision, warning = choose_precision("fp16", avx2, allow_emulated=True)
+    assert precision == "fp16" and "emulated and slow" in warning
+    assert tf32_enabled(h100, True) and not tf32_enabled(h100, False)
+    assert not tf32_enabled(v100, True) and not tf32_enabled(avx512_bf16, True)
     # DDP ranks train in one precision: agreement kept, a split (a probe near its threshold, mixed GPUs) -> fp32
     assert common_precision(["bf16"]) == common_precision(["bf16", "bf16"]) == "bf16"
     assert common_precision(["fp16", "fp16"]) == "fp16"

@@ -4,6 +4,8 @@ The batch holds:
 
 * ``wavs``: ``[B, T]`` float32, zero-padded to the longest item (samples at 16 kHz);
 * ``lengths``: ``[B]`` int64 valid samples per row;
+* ``host_lengths``: the same as a list of Python ints, which stays on the host when the batch moves to a
+  device (an encoder given them reads nothing back from the device);
 * ``keys``: list of ``B`` utterance ids;
 * ``position``: ``(epoch, batch_index)`` of this batch in the sampler's stream (for resuming);
 * ``padding_fraction``: float, share of ``B * T`` that is padding (0 for an empty batch);
@@ -71,6 +73,7 @@ def collate_batch(items: Sequence[Union[Dict[str, Any], LoadFailure]], sample_ra
     batch: Dict[str, Any] = {
         "wavs": wavs,
         "lengths": lengths,
+        "host_lengths": [len(item["wav"]) for item in good],
         "keys": [item["key"] for item in good],
         "position": (refs[0].epoch, refs[0].batch_index) if refs else (0, 0),
         "padding_fraction": 1.0 - real / total if total else 0.0,

@@ -79,7 +79,7 @@ class DistillModel(nn.Module):
             raise ValueError("a Lagrangian sparsity regulariser needs original_num_params (the teacher's size)")
 
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor, *, mask_indices: Optional[torch.Tensor] = None,
-                step: int = 0) -> Dict[str, Any]:
+                step: int = 0, host_lengths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
         """Student pass.
 
         Args:
@@ -87,13 +87,14 @@ class DistillModel(nn.Module):
             lengths: ``[B]`` valid samples.
             mask_indices: ``[B, N]`` bool frames replaced by the student's mask embedding.
             step: updates done so far (the sparsity target ramps with it).
+            host_lengths: ``lengths`` as Python ints, when known (the encoder then reads nothing back).
         Returns:
             dict with ``predictions`` (student key -> ``[B, N, D]``), ``valid`` (``[B, N]`` bool),
             ``frame_lengths`` (``[B]``), ``hidden_states`` (list, index 0 per ``layer0_source``),
             ``enhancement_mask`` (``[B, S, 257]`` or None), ``regularizer`` (scalar or None) and
             ``regularizer_terms`` (dict of detached scalars for the logs).
         """
-        output = self.student(wavs, lengths, mask_indices=mask_indices)
+        output = self.student(wavs, lengths, mask_indices=mask_indices, host_lengths=host_lengths)
         hidden = hidden_states_with_layer0(output, self.layer0_source)
         num_frames = hidden[-1].shape[1]
         predictions: Dict[StudentKey, torch.Tensor] = {}

@@ -99,9 +99,10 @@ class _Stopwatch:
                 still.append((begin, end))
         self._pending = still
 
-    def totals(self) -> Tuple[float, float]:
-        """(seconds of device time, seconds of audio) so far."""
-        self._fold(block=True)
+    def totals(self, block: bool = True) -> Tuple[float, float]:
+        """(seconds of device time, seconds of audio) so far. ``block=False`` counts only the regions the
+        device has finished (all of them right after the trainer's per-update synchronisation)."""
+        self._fold(block=block)
         return self.seconds, self.audio_seconds
 
 
@@ -290,17 +291,20 @@ class DistillTask:
         return [g for g in main_groups if g["params"]] + groups
 
     # ------------------------------------------------------------------ steps
-    def _mask_indices(self, lengths: torch.Tensor, num_samples: int) -> torch.Tensor:
+    def _mask_indices(self, lengths: torch.Tensor, num_samples: int, host_lengths: Optional[Sequence[int]] = None
+                      ) -> torch.Tensor:
         m = self.config.masking
-        frame_lengths = self.teacher.frame_lengths(lengths)
-        num_frames = conv_frames(num_samples, self.teacher.config.conv_layers)
-        return span_mask(frame_lengths, num_frames, m.mask_prob, m.mask_length, selection=m.selection,
-                         mask_other=m.mask_other, min_masks=m.min_masks, no_overlap=m.no_overlap,
-                         min_space=m.min_space, require_same_masks=m.require_same_masks, rng=self.mask_rng)
+        conv_layers = self.teacher.config.conv_layers
+        frame_lengths = (self.teacher.frame_lengths(lengths) if host_lengths is None
+                         else [conv_frames(n, conv_layers) for n in host_lengths])
+        return span_mask(frame_lengths, conv_frames(num_samples, conv_layers), m.mask_prob, m.mask_length,
+                         selection=m.selection, mask_other=m.mask_other, min_masks=m.min_masks,
+                         no_overlap=m.no_overlap, min_space=m.min_space, require_same_masks=m.require_same_masks,
+                         rng=self.mask_rng, device=lengths.device)
 
     @torch.no_grad()
     def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor,
-                        mask_indices: Optional[torch.Tensor] = None
+                        mask_indices: Optional[torch.Tensor] = None, host_lengths: Optional[Sequence[int]] = None
                         ) -> Tuple[List[Optional[torch.Tensor]], Optional[List[Optional[torch.Tensor]]]]:
         """Teacher hidden states the loss reads, on clean input.
 
@@ -308,6 +312,7 @@ class DistillTask:
             wavs: ``[B, T]`` clean waveforms; lengths: ``[B]`` samples.
             mask_indices: ``[B, N]`` bool; when given (and a mask-split term exists) the masked pass
                 runs too, batched with the unmasked one.
+            host_lengths: ``lengths`` as Python ints, when known (the teacher then reads nothing back).
         Returns:
             ``(hidden, masked_hidden)``: lists indexed like hidden states (None where not needed);
             ``masked_hidden`` is None without a masked pass.
@@ -318,13 +323,14 @@ class DistillTask:
             if mask_indices is not None and self.masked_teacher_pass:
                 batch = wavs.shape[0]
                 both = teacher(torch.cat([wavs, wavs]), torch.cat([lengths, lengths]),
+                               host_lengths=None if host_lengths is None else list(host_lengths) * 2,
                                mask_indices=torch.cat([mask_indices, torch.zeros_like(mask_indices)]),
                                output_layers=wanted)
                 hidden = hidden_states_with_layer0(both, layer0)
                 masked = [h[:batch] if h is not None else None for h in hidden]
                 clean = [h[batch:] if h is not None else None for h in hidden]
                 return self._keep(clean, wanted), self._keep(masked, wanted)
-            out = teacher(wavs, lengths, output_layers=wanted)
+            out = teacher(wavs, lengths, host_lengths=host_lengths, output_layers=wanted)
             return self._keep(hidden_states_with_layer0(out, layer0), wanted), None
 
     @staticmethod
@@ -332,12 +338,15 @@ class DistillTask:
         return [h if i in wanted else None for i, h in enumerate(hidden)]
 
     def losses(self, model: torch.nn.Module, wavs: torch.Tensor, lengths: torch.Tensor, step: int, *,
-               training: bool = True, audio_seconds: Optional[float] = None
+               training: bool = True, audio_seconds: Optional[float] = None,
+               host_lengths: Optional[Sequence[int]] = None
                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, Any], Any]:
         """Everything one step computes for a clean batch.
 
         ``training`` corrupts the student input and masks frames (validation does neither);
-        ``audio_seconds`` (the batch's real audio) times the teacher forward for the throughput report.
+        ``audio_seconds`` (the batch's real audio) times the teacher forward for the throughput report;
+        ``host_lengths`` (``lengths`` as Python ints, as a collated batch carries them) spare the encoders
+        a read from the device.
 
         Returns:
             ``(total, terms, student_output, teacher_hidden)``: the loss (mean over the valid frames;
@@ -351,13 +360,13 @@ class DistillTask:
             student_wavs = self.corruption(wavs, lengths)
         mask_indices = None
         if config.masking.enabled and training:
-            mask_indices = self._mask_indices(lengths, wavs.shape[1])
+            mask_indices = self._mask_indices(lengths, wavs.shape[1], host_lengths)
         if audio_seconds is not None:
             self.teacher_clock.start()
-        teacher_hidden, masked_hidden = self.teacher_targets(wavs, lengths, mask_indices)
+        teacher_hidden, masked_hidden = self.teacher_targets(wavs, lengths, mask_indices, host_lengths)
         if audio_seconds is not None:
             self.teacher_clock.stop(audio_seconds)
-        student = model(student_wavs, lengths, mask_indices=mask_indices, step=step)
+        student = model(student_wavs, lengths, mask_indices=mask_indices, step=step, host_lengths=host_lengths)
         student["input"], student["mask_indices"] = student_wavs, mask_indices
         if self.masked_teacher_pass and masked_hidden is None:
             # Validation: no mask, so every frame is "unmasked" and compared with the one teacher pass.
@@ -380,13 +389,15 @@ class DistillTask:
         self.last_step = step
         wavs, lengths = batch["wavs"], batch["lengths"]
         total, terms, student, _ = self.losses(model, wavs, lengths, step, training=True,
-                                               audio_seconds=float(batch.get("audio_seconds", 0.0)))
+                                               audio_seconds=float(batch.get("audio_seconds", 0.0)),
+                                               host_lengths=batch.get("host_lengths"))
         return StepOutput(loss=total, terms=terms, count=student["valid"].sum())
 
     def valid_step(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
         """Every loss term on clean, unmasked input, and the teacher–student cosine per target layer."""
         wavs, lengths = batch["wavs"], batch["lengths"]
-        total, terms, student, teacher_hidden = self.losses(model, wavs, lengths, self.last_step, training=False)
+        total, terms, student, teacher_hidden = self.losses(model, wavs, lengths, self.last_step, training=False,
+                                                            host_lengths=batch.get("host_lengths"))
         metrics: Dict[str, torch.Tensor] = {"loss": total.detach(), **terms}
         metrics.pop("sparsity_target", None)
         metrics.pop("lambda1", None)
@@ -402,7 +413,7 @@ class DistillTask:
 
     # ------------------------------------------------------------------ state, export
     def state_dict(self) -> Dict[str, Any]:
-        seconds, audio = self.teacher_clock.totals()
+        seconds, audio = self.teacher_clock.totals(block=False)
         state: Dict[str, Any] = {"mask_rng": self.mask_rng.bit_generator.state, "last_step": self.last_step,
                                  "teacher_seconds": seconds, "train_audio_seconds": audio}
         if self.corruption is not None:

@@ -17,7 +17,7 @@ Per utterance of ``n`` valid frames:
 """
 from __future__ import annotations
 
-from typing import List, Literal, Optional, Sequence, Tuple
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -120,16 +120,21 @@ def compute_mask_indices(shape: Tuple[int, int], lengths: Optional[Sequence[int]
     return mask
 
 
-def span_mask(frame_lengths: torch.Tensor, num_frames: int, mask_prob: float, mask_length: int, *,
-              selection: Selection = "static", mask_other: float = 0.0, min_masks: int = 0,
+def span_mask(frame_lengths: Union[torch.Tensor, Sequence[int]], num_frames: int, mask_prob: float,
+              mask_length: int, *, selection: Selection = "static", mask_other: float = 0.0, min_masks: int = 0,
               no_overlap: bool = False, min_space: int = 0, require_same_masks: bool = True,
-              rng: Optional[np.random.Generator] = None) -> torch.Tensor:
-    """``compute_mask_indices`` for a batch described by frame lengths [B]; returns bool [B, N]
-    on the device of ``frame_lengths`` (the sampling itself runs on the CPU with numpy)."""
-    lengths = frame_lengths.detach().cpu().tolist()
+              rng: Optional[np.random.Generator] = None, device: Optional[torch.device] = None) -> torch.Tensor:
+    """``compute_mask_indices`` for a batch described by frame lengths [B] (a tensor, or Python ints that
+    need no read from a device); returns bool [B, N] on ``device`` (default: that of ``frame_lengths``; the
+    sampling itself runs on the CPU with numpy)."""
+    if isinstance(frame_lengths, torch.Tensor):
+        device = frame_lengths.device if device is None else device
+        lengths = frame_lengths.detach().cpu().tolist()
+    else:
+        lengths = [int(n) for n in frame_lengths]
     full = all(int(n) == num_frames for n in lengths)
     mask = compute_mask_indices((len(lengths), num_frames), None if full else lengths, mask_prob, mask_length,
                                 selection=selection, mask_other=mask_other, min_masks=min_masks,
                                 no_overlap=no_overlap, min_space=min_space,
                                 require_same_masks=require_same_masks, rng=rng)
-    return torch.from_numpy(mask).to(frame_lengths.device)
+    return torch.from_numpy(mask).to(device if device is not None else "cpu", non_blocking=True)

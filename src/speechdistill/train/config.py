@@ -58,9 +58,19 @@ class TrainerConfig:
     max_nonfinite_in_row: int = _opt(10, "stop after this many consecutive updates skipped for a non-finite loss")
     # device and precision
     device: Literal["auto", "cpu", "cuda"] = _opt("auto", "auto = cuda when available, else cpu")
-    precision: Precision = _opt("auto", "autocast of the trainable model: auto = bf16 where the hardware has it, "
-                                        "else fp32; fp16 uses a GradScaler")
-    teacher_precision: Precision = _opt("auto", "autocast a task uses for frozen models (e.g. the teacher)")
+    precision: Precision = _opt("auto", "autocast of the trainable model: auto = bf16 where the device computes it "
+                                        "natively (CUDA Ampere+, CPUs with AVX512-BF16/AMX when faster there), else "
+                                        "fp32; fp16 uses a GradScaler. A precision the device would emulate is "
+                                        "replaced by fp32 with a warning (see allow_emulated_precision)")
+    teacher_precision: Precision = _opt("auto", "autocast a task uses for frozen models (e.g. the teacher); auto as "
+                                                "for precision")
+    allow_emulated_precision: bool = _opt(False, "train in an explicitly asked bf16/fp16 even where the device only "
+                                                 "emulates it (many times slower; numerics checks and tests)")
+    tf32: bool = _opt(True, "CUDA: float32 matrix products and convolutions on TF32 tensor cores (Ampere+); "
+                            "false = full float32")
+    kernels: Optional[str] = _opt(None, "model kernels: auto (this device's speed-ups), reference (the plain "
+                                        "PyTorch path a GPU runs) or a comma-separated list of backends (onednn, "
+                                        "cpu, frozen); null = $SPEECHDISTILL_KERNELS, else auto")
     compile: bool = _opt(False, "torch.compile the trainable model")
     threads: int = _opt(0, "intra-op CPU threads (torch.set_num_threads); 0 = leave the default")
     seed: int = _opt(0, "seed of initialisation, crops, shuffles and every RNG")
@@ -104,6 +114,12 @@ class TrainerConfig:
             raise ConfigError(f"config.min_lr_ratio: must lie in [0, 1], found {self.min_lr_ratio}")
         if self.master_port is not None and not 0 < self.master_port < 65536:
             raise ConfigError(f"config.master_port: {self.master_port} is not a TCP port")
+        if self.kernels is not None:
+            from ..kernels import parse_policy
+            try:
+                parse_policy(self.kernels, source="config.kernels")
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
 
     @property
     def total_warmup_steps(self) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import kernels
 from ..config import dump_yaml, load_yaml, to_dict
 from ..data.audio import SAMPLE_RATE
 from ..data.collate import collate_batch
@@ -45,7 +46,7 @@ from .config import TrainerConfig
 from .logs import MetricsWriter, close_logger, setup_logger, write_plots
 from .optim import (build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, group_learning_rates,
                     load_optimizer_state, step_with_multiplier)
-from .precision import autocast, common_precision, resolve_device, resolve_precision
+from .precision import autocast, common_precision, resolve_device, resolve_precision, set_float32_matmul
 from .task import StepOutput, Task, TrainContext, item_fields_of
 
 
@@ -164,7 +165,8 @@ class Trainer:
         try:
             for signum in (signal.SIGTERM, signal.SIGUSR1):
                 previous_handlers[signum] = signal.signal(signum, self._on_signal)
-            return self._run()
+            with kernels.use(config.kernels):
+                return self._run()
         finally:
             if getattr(self, "_stream", None) is not None:
                 self._stream.close()
@@ -212,15 +214,19 @@ class Trainer:
         dist_utils.barrier()
         self.logger = setup_logger(self.output_dir / "train.log", env.rank)
         log = self.logger
-        self.precision = self._on_every_rank("precision", resolve_precision(config.precision, self.device))
-        self.teacher_precision = self._on_every_rank("teacher_precision",
-                                                     resolve_precision(config.teacher_precision, self.device))
+        emulated = config.allow_emulated_precision
+        self.precision = self._on_every_rank("precision", resolve_precision(
+            config.precision, self.device, allow_emulated=emulated, key="precision", log=log))
+        self.teacher_precision = self._on_every_rank("teacher_precision", resolve_precision(
+            config.teacher_precision, self.device, allow_emulated=emulated, key="teacher_precision", log=log))
+        tf32 = set_float32_matmul(self.device, config.tf32)
         resume_path = self._find_resume_checkpoint()
         log.info("%s %s", "resuming from " + str(resume_path) if resume_path else "starting",
                  f"in {self.output_dir}; command: {' '.join(sys.argv)}")
-        log.info("launcher %s: rank %d of %d (node %d, local rank %d); device %s; precision %s, teacher %s; "
-                 "%d CPU threads; torch %s", env.launcher, env.rank, env.world_size, env.node_rank, env.local_rank,
-                 self.device, self.precision, self.teacher_precision, torch.get_num_threads(), torch.__version__)
+        log.info("launcher %s: rank %d of %d (node %d, local rank %d); device %s; precision %s, teacher %s%s; "
+                 "kernels %s; %d CPU threads; torch %s", env.launcher, env.rank, env.world_size, env.node_rank,
+                 env.local_rank, self.device, self.precision, self.teacher_precision,
+                 ", TF32 matmuls" if tf32 else "", kernels.policy(), torch.get_num_threads(), torch.__version__)
 
         self.context = TrainContext(device=self.device, precision=self.precision,
                                     teacher_precision=self.teacher_precision, rank=env.rank,
@@ -264,7 +270,8 @@ class Trainer:
         if env.distributed:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=config.find_unused_parameters)
+                find_unused_parameters=config.find_unused_parameters,
+                gradient_as_bucket_view=True)  # gradients live in the all-reduce buckets: no copy, less memory
             self.model = self.ddp
         if config.compile:
             self.model = torch.compile(self.model)
@@ -485,6 +492,8 @@ class Trainer:
             while self.step < config.max_steps:
                 started = time.perf_counter()
                 accumulated = self._accumulate_gradients(stream, window)
+                if accumulated is None:  # a stop signal between micro-batches: this update is dropped
+                    return self._stop_for_requeue(window, progress)
                 nonfinite, stop, grad_norm = self._check_gradients(accumulated)
                 if nonfinite:
                     self._skip_update(accumulated.micro_terms, gradient_only=accumulated.flags_host[0] == 0)
@@ -510,16 +519,30 @@ class Trainer:
         self._finish(validate=self._valid_step != self.step)
         return TrainResult("finished", self.step, self.last_checkpoint)
 
-    def _accumulate_gradients(self, stream: Iterator[Dict[str, Any]], window: Dict[str, Any]) -> "_Accumulated":
-        """Forward and backward ``accum_steps`` micro-batches; see the module docstring for the scaling."""
+    def _accumulate_gradients(self, stream: Iterator[Dict[str, Any]], window: Dict[str, Any]
+                              ) -> Optional["_Accumulated"]:
+        """Forward and backward ``accum_steps`` micro-batches; see the module docstring for the scaling.
+
+        A single-process run that receives SIGTERM/SIGUSR1 between two micro-batches drops the update in
+        progress (None): the sampler position, the random streams and the task's state go back to where
+        the update started, so the checkpoint written next resumes exactly there, and the stop does not
+        wait for the remaining micro-batches (on slow hardware, longer than a scheduler's grace period).
+        DDP ranks stop at update boundaries, where they agree without an extra synchronisation."""
         world = float(self.env.world_size)
         self.optimizer.zero_grad(set_to_none=True)
         acc = _Accumulated(flags=torch.zeros(2, device=self.device))
+        start = None
+        if self.config.accum_steps > 1 and not self.env.distributed:
+            start = (dict(self._sampler_position), ckpt.capture_rng_state(), self.task.state_dict())
+        seen = {"audio_seconds": 0.0, "padded_samples": 0.0, "real_samples": 0.0}
         for micro in range(self.config.accum_steps):
+            if micro and start is not None and self._stop_signal is not None:
+                self._drop_update(start, micro)
+                return None
             batch = self._next_batch(stream)
-            window["audio_seconds"] += batch["audio_seconds"]
-            window["padded_samples"] += batch["wavs"].numel()
-            window["real_samples"] += batch["audio_seconds"] * SAMPLE_RATE
+            seen["audio_seconds"] += batch["audio_seconds"]
+            seen["padded_samples"] += batch["wavs"].numel()
+            seen["real_samples"] += batch["audio_seconds"] * SAMPLE_RATE
             on_device = _to_device(batch, self.device)
             last = micro == self.config.accum_steps - 1
             # DDP all-reduces gradients in backward(); accumulating micro-batches skip it
@@ -530,8 +553,9 @@ class Trainer:
                 if not isinstance(out, StepOutput):
                     raise TypeError(f"Task.train_step must return a StepOutput, not {type(out).__name__}")
                 loss = out.loss.float()
-                count = torch.as_tensor(out.count, dtype=torch.float32, device=self.device).detach()
-                stopping = torch.tensor(float(self._stop_signal is not None), device=self.device)
+                count = (out.count.detach().float() if isinstance(out.count, torch.Tensor)
+                         else torch.full((), float(out.count), device=self.device))
+                stopping = torch.full((), float(self._stop_signal is not None), device=self.device)
                 shared = torch.stack([count, (~torch.isfinite(loss.detach())).float(), stopping])
                 dist_utils.all_reduce_sum(shared)  # [global count, ranks with a non-finite loss, ranks stopping]
                 if acc.reference is None:
@@ -541,7 +565,20 @@ class Trainer:
                 acc.flags += shared[1:]
                 self.scaler.scale(loss * count * world / acc.reference).backward()
             acc.micro_terms.append((loss.detach(), {k: v.detach().float() for k, v in out.terms.items()}, count))
+        for name, value in seen.items():
+            window[name] += value
         return acc
+
+    def _drop_update(self, start: tuple, done: int) -> None:
+        """Forget the update in progress: its gradients, and what its micro-batches drew from the data,
+        the random streams and the task (``start``: sampler position, RNG states, task state before it)."""
+        position, rng, task_state = start
+        self.optimizer.zero_grad(set_to_none=True)
+        self._sampler_position = position
+        ckpt.restore_rng_state(rng)
+        self.task.load_state_dict(task_state)
+        self.logger.info("%s received after %d of %d micro-batches of update %d: the update is dropped and a rerun "
+                         "redoes it", self._stop_signal, done, self.config.accum_steps, self.step + 1)
 
     def _check_gradients(self, acc: "_Accumulated") -> tuple:
         """Finish the gradients and decide, with the step's one host sync: (non-finite?, stop?, grad norm)."""
