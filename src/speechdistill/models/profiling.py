@@ -104,7 +104,13 @@ def make_input(batch: int, seconds: float, device: torch.device, seed: int = 0) 
 
 def forward_fn(model: nn.Module, wavs: torch.Tensor, autocast_dtype: Optional[torch.dtype] = None,
                heads: Optional[nn.Module] = None) -> Callable[[], object]:
-    """A no-argument callable running one inference forward pass (heads included when given)."""
+    """A no-argument callable running one inference forward pass (heads included when given). The model and
+    heads are frozen (``requires_grad=False``), as inference models are, so that their prepared weights are
+    kept between calls (:mod:`speechdistill.kernels`)."""
+    model.requires_grad_(False)
+    if heads is not None:
+        heads.requires_grad_(False)
+
     def run() -> object:
         with torch.inference_mode(), torch.autocast(wavs.device.type, dtype=autocast_dtype or torch.bfloat16,
                                                     enabled=autocast_dtype is not None):

@@ -72,6 +72,9 @@ class TrainerConfig:
                                         "PyTorch path a GPU runs) or a comma-separated list of backends (onednn, "
                                         "cpu, frozen); null = $SPEECHDISTILL_KERNELS, else auto")
     compile: bool = _opt(False, "torch.compile the trainable model")
+    deterministic: bool = _opt(False, "deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN "
+                                      "deterministic, cuBLAS workspace config): bitwise-repeatable runs on GPUs, "
+                                      "slower; an op without a deterministic version then raises")
     threads: int = _opt(0, "intra-op CPU threads (torch.set_num_threads); 0 = leave the default")
     seed: int = _opt(0, "seed of initialisation, crops, shuffles and every RNG")
     # logging, validation, checkpoints

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
+import resource
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -35,14 +37,12 @@ from tqdm import tqdm
 from .. import kernels
 from ..config import dump_yaml, load_yaml, to_dict
 from ..data.audio import SAMPLE_RATE
-from ..data.collate import collate_batch
-from ..data.dataset import AudioDataset
-from ..data.sampler import BucketBatchSampler
 from ..data.tables import atomic_write_text
 from . import REQUEUE_EXIT_CODE
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import TrainerConfig
+from .loader import build_loader
 from .logs import MetricsWriter, close_logger, setup_logger, write_plots
 from .optim import (build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, group_learning_rates,
                     load_optimizer_state, step_with_multiplier)
@@ -68,19 +68,10 @@ class TrainResult:
         return REQUEUE_EXIT_CODE if self.status == "preempted" else 0
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker init: Slurm signals every process of a job step, workers included. A worker
-    killed by SIGTERM makes the DataLoader raise in the training process before it can checkpoint, so
-    workers ignore the stop signals and leave the stopping to the training process (which shuts
-    them down on exit)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
-
 def _shut_down_workers(loader: Optional[torch.utils.data.DataLoader]) -> None:
     """Stop a DataLoader's persistent workers now rather than at interpreter exit.
 
-    Workers ignore SIGTERM (see ``_ignore_stop_signals``), and at exit ``multiprocessing``
+    Workers ignore SIGTERM (see :func:`.loader.ignore_stop_signals`), and at exit ``multiprocessing``
     terminates leftover daemonic workers with SIGTERM and waits for them, which would never end.
     The DataLoader's own shutdown lets them exit cleanly; any that do not are killed.
     """
@@ -96,6 +87,33 @@ def _shut_down_workers(loader: Optional[torch.utils.data.DataLoader]) -> None:
             worker.kill()
             worker.join(timeout=5)
     loader._iterator = None
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms for the body (cuBLAS needs its workspace config before its first use in the
+    process), then the previous settings."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1], before[2]
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far in MiB: on CUDA what tensors took on the device, elsewhere the process's peak
+    resident memory."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,10 +153,11 @@ class Trainer:
     Args:
         resume: ``"auto"`` (default) continues from the latest checkpoint in ``output_dir`` if there is
             one; ``"latest"`` requires one; a path resumes from that checkpoint file.
+        on_update: called with the update count after every applied update (e.g. to step a profiler).
     """
 
     def __init__(self, config: TrainerConfig, task: Task, output_dir: Union[str, Path], *,
-                 resume: Optional[str] = "auto") -> None:
+                 resume: Optional[str] = "auto", on_update: Optional[Callable[[int], None]] = None) -> None:
         config.validate()
         self.config = config
         self.task = task
@@ -150,6 +169,7 @@ class Trainer:
         self._grad_multiplier: Optional[torch.Tensor] = None  # accumulation rescale x clip, for the next update
         self._skipped_keys: set = set()
         self._stream: Optional[Iterator[Dict[str, Any]]] = None
+        self.on_update = on_update
 
     # ------------------------------------------------------------------ setup
     def run(self) -> TrainResult:
@@ -165,7 +185,7 @@ class Trainer:
         try:
             for signum in (signal.SIGTERM, signal.SIGUSR1):
                 previous_handlers[signum] = signal.signal(signum, self._on_signal)
-            with kernels.use(config.kernels):
+            with kernels.use(config.kernels), _deterministic(config.deterministic):
                 return self._run()
         finally:
             if getattr(self, "_stream", None) is not None:
@@ -286,27 +306,10 @@ class Trainer:
 
     def _build_data(self) -> None:
         config, env, log = self.config, self.env, self.logger
-        budget = int(round(config.batch_seconds * SAMPLE_RATE))
-
         def make(data_dir: str, training: bool):
-            dataset = AudioDataset(data_dir, max_seconds=config.max_seconds, min_seconds=config.min_seconds,
-                                   seed=config.seed, fields=item_fields_of(self.task, Path(data_dir)))
-            sampler = BucketBatchSampler(dataset.cropped_num_samples.tolist(), batch_samples=budget,
-                                         max_batch_size=config.max_batch_size,
-                                         # unshuffled validation: one length-sorted bucket gives
-                                         # full batches with the least padding
-                                         num_buckets=config.num_buckets if training else 1,
-                                         shuffle=training, seed=config.seed, num_replicas=env.world_size,
-                                         rank=env.rank, even_shards=training)
-            workers = config.num_workers
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=workers,
-                pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                prefetch_factor=config.prefetch_factor if workers > 0 else None,
-                worker_init_fn=_ignore_stop_signals if workers > 0 else None,
-                # a private generator: creating an iterator must not draw from torch's global RNG,
-                # or a resumed run (which creates one mid-epoch) would drift from an uninterrupted one
-                generator=torch.Generator().manual_seed(config.seed))
+            dataset, sampler, loader = build_loader(config, data_dir, training=training, world_size=env.world_size,
+                                                    rank=env.rank, fields=item_fields_of(self.task, Path(data_dir)),
+                                                    pin_memory=self.device.type == "cuda")
             seconds = float(dataset.num_samples.sum()) / SAMPLE_RATE
             amount = f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.1f} s"
             batches = sampler.global_batches(0)
@@ -501,6 +504,8 @@ class Trainer:
                     self._apply_update()
                     progress.update(1)
                     self._add_to_window(window, accumulated.micro_terms, grad_norm)
+                    if self.on_update is not None:
+                        self.on_update(self.step)
                 elapsed = time.perf_counter() - started
                 window["seconds"] += elapsed
                 self._train_seconds += elapsed
@@ -675,12 +680,14 @@ class Trainer:
         names = sorted(window["terms"])
         host = [window["audio_seconds"], window["padded_samples"], window["real_samples"],
                 float(self.counters["skipped_unreadable"])]
-        vector = torch.stack([window["count"].double(), window["loss"].double(), window["grad_norm"].double()]
-                             + [torch.as_tensor(window["terms"][n], dtype=torch.float64, device=self.device)
-                                for n in names]
-                             + [torch.tensor(v, dtype=torch.float64, device=self.device) for v in host])
-        dist_utils.all_reduce_sum(vector)
-        values = vector.tolist()
+        on_device = [window["count"].double(), window["loss"].double(), window["grad_norm"].double()] + [
+            torch.as_tensor(window["terms"][n], dtype=torch.float64, device=self.device) for n in names]
+        if self.env.distributed:  # the host values join the one all-reduce (one copy to the device)
+            vector = torch.cat([torch.stack(on_device), torch.tensor(host, dtype=torch.float64).to(self.device)])
+            dist_utils.all_reduce_sum(vector)
+            values = vector.tolist()
+        else:  # one read from the device, nothing copied to it
+            values = torch.stack(on_device).tolist() + host
         count, loss_sum, grad_norm_sum = values[:3]
         term_sums = values[3:3 + len(names)]
         audio, padded, real, unreadable = values[3 + len(names):]
@@ -703,6 +710,7 @@ class Trainer:
         })
         if self.precision == "fp16":
             record["loss_scale"] = float(self.scaler.get_scale())
+        record["max_memory_mb"] = _peak_memory_mb(self.device)
         self.metrics.write(record)
         terms_text = " ".join(f"{n} {record[n]:.4g}" for n in names)
         lrs = " ".join(f"{k[3:]} {v:.3g}" for k, v in record.items() if k.startswith("lr/"))
