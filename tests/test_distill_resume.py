@@ -66,7 +66,7 @@ def _final_weights(out: Path):
     return {name: load_file(str(out / "student" / name)) for name in ("model.safetensors", "heads.safetensors")}
 
 
-def test_sigkill_then_resume_gives_a_bitwise_identical_student(setup, tmp_path):
+def test_sigkill_then_resume_gives_a_bitwise_identical_student(setup, tmp_path, kernel_policy):
     reference_dir = tmp_path / "reference"
     done = subprocess.run(_command(setup, reference_dir), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, timeout=300)

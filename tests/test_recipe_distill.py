@@ -119,6 +119,28 @@ def test_stages_2_3_produce_a_loadable_student(name, recipe, preset_runs):
     assert validated and any(k.startswith(("valid/cos/layer", "valid/gram_cos/layer")) for k in validated[-1])
 
 
+def test_stages_2_3_on_the_reference_kernels_the_gpu_path(recipe, hf_teachers, preset_runs, monkeypatch):
+    """SPEECHDISTILL_KERNELS=reference (the model's plain PyTorch, what a GPU runs) through the recipe's
+    stages 2-3 with the DistilHuBERT preset: it trains, logs its policy, and exports a student whose outputs
+    match those of the student trained on this CPU's kernels to training noise."""
+    monkeypatch.setenv("SPEECHDISTILL_KERNELS", "reference")
+    name = "distilhubert"
+    result = _run(recipe, "--stage", "2", "--stop_stage", "3", "--ngpu", "0", *_teacher_args(name, hf_teachers),
+                  "--distill_config", f"conf/{name}.yaml", "--distill_exp", "exp/distill_reference",
+                  "--distill_args", TINY_ARGS)
+    assert result.returncode == 0, _output(result)
+    exp = recipe / "exp" / "distill_reference"
+    assert "kernels reference;" in (exp / "train.log").read_text()
+    trained = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in trained if "loss" in r] == [STEPS // 2, STEPS]
+    reference, kernels = load_model(exp / "student"), load_model(recipe / "exp" / f"distill_{name}" / "student")
+    wavs = 0.1 * torch.randn(2, 8000)
+    with torch.no_grad():
+        a = reference(wavs, torch.tensor([8000, 6000])).hidden_states[-1]
+        b = kernels(wavs, torch.tensor([8000, 6000])).hidden_states[-1]
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
 def test_two_processes_through_torchrun(recipe, hf_teachers, preset_runs):
     """--ngpu 2 on one node starts torchrun; on this CPU machine the two ranks train on gloo."""
     name = "distilhubert"

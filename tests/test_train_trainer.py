@@ -175,6 +175,41 @@ def test_sigusr1_checkpoints_and_returns_the_requeue_code(data, tmp_path):
     assert signal.getsignal(signal.SIGUSR1) is handler_before  # handlers restored
 
 
+def test_a_signal_between_micro_batches_drops_the_update_and_the_resume_is_bitwise_identical(data, tmp_path):
+    """SIGTERM during the first of two micro-batches stops the run before the second (a slow update need not
+    finish inside a scheduler's grace period): the update is dropped, the checkpoint is the last complete
+    update with the sampler position, random streams and task state from before the dropped one, and the
+    resumed run ends bitwise where an uninterrupted one does (dropout, noise, Python and numpy draws)."""
+    common = dict(valid_data=None, accum_steps=2, max_steps=5, dropout=0.1, noise_std=0.05, random_gain=True,
+                  numpy_jitter=True, checkpoint_every=100, log_every=1)
+    plain = Trainer(_config(data, **common), ToyTask(_config(data, **common)), tmp_path / "plain")
+    assert plain.run().status == "finished"
+    out = tmp_path / "stopped"
+    config = _config(data, **common, pause_at_step=2, pause_seconds=1.0)
+    marker = out / "paused-rank0"
+
+    def send_when_paused():
+        for _ in range(1000):
+            if marker.exists():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            threading.Event().wait(0.01)
+
+    watcher = threading.Thread(target=send_when_paused)
+    watcher.start()
+    result = _train(config, out)
+    watcher.join()
+    assert (result.status, result.step, result.exit_code) == ("preempted", 2, REQUEUE_EXIT_CODE)
+    assert "SIGTERM received after 1 of 2 micro-batches of update 3: the update is dropped" in \
+        (out / "train.log").read_text()
+    assert result.checkpoint == out / "checkpoints" / "ckpt-2.pt"
+    resumed = Trainer(_config(data, **common), ToyTask(_config(data, **common)), out)
+    assert resumed.run().status == "finished"
+    expected, found = plain.module.state_dict(), resumed.module.state_dict()
+    assert all(torch.equal(expected[name], found[name]) for name in expected)
+    assert [r["step"] for r in _records(out) if "loss" in r] == [1, 2, 3, 4, 5]
+
+
 def test_resume_flag_needs_a_checkpoint_and_bf16_trains(data, tmp_path):
     config = _config(data, valid_data=None, precision="bf16", max_steps=2)
     with pytest.raises(CheckpointError) as err:

@@ -5,8 +5,8 @@ on synthesized FLAC data and a random teacher:
 
 (a) distillation with the real trainer (``distill_train`` subprocesses): the paper's precision (fp16
     student, fp32 teacher) and ``--precision auto`` (bf16 on a GPU with bf16); audio-s/s of the update
-    loop, teacher audio-s/s, peak memory, and the fraction of the device's measured dense bf16 peak the
-    counted MACs reach;
+    loop, teacher audio-s/s, peak memory, and the fraction of the device's measured dense matmul peak in the
+    student's precision (bf16 on a GPU) that the counted MACs reach;
 (b) a ``torch.profiler`` pass over a few updates (auto: bf16 on a GPU) in this process: the device's idle fraction,
     host-device synchronisations and the top kernels;
 (c) the training DataLoader alone with 2/4/8 workers (audio-s/s);
@@ -163,7 +163,7 @@ def _resolved_precisions(out_dir: Path) -> Dict[str, str]:
 
 
 def distillation_run(name: str, work: Path, sizes: CheckSizes, teacher: Path, data: Path, device: torch.device,
-                     macs_per_audio_second: float, bf16_peak: float) -> Dict[str, Any]:
+                     macs_per_audio_second: float, peaks: Dict[str, float]) -> Dict[str, Any]:
     """(a): one ``distill_train`` run; throughput of the logged windows after the first (warm-up)."""
     out = work / f"distill_{name}"
     shutil.rmtree(out, ignore_errors=True)
@@ -180,12 +180,14 @@ def distillation_run(name: str, work: Path, sizes: CheckSizes, teacher: Path, da
     steady = records[1:] or records
     speed = float(np.mean([r["audio_sec_per_sec"] for r in steady]))
     summary = json.loads((out / "run" / "distill_summary.json").read_text())
-    row.update({"resolved": _resolved_precisions(out / "run"), "updates": records[-1]["step"],
+    resolved = _resolved_precisions(out / "run")
+    peak = peaks.get(resolved.get("student", "fp32"))
+    row.update({"resolved": resolved, "updates": records[-1]["step"],
                 "audio_seconds_per_second": speed,
                 "teacher_audio_seconds_per_second": summary["teacher_forward_audio_sec_per_sec"],
                 "peak_memory_mib": max(r.get("max_memory_mb", 0.0) for r in records),
                 "flops": 2.0 * macs_per_audio_second * speed,
-                "fraction_of_bf16_peak": 2.0 * macs_per_audio_second * speed / bf16_peak if bf16_peak else None,
+                "fraction_of_peak": 2.0 * macs_per_audio_second * speed / peak if peak else None,
                 "final_loss": records[-1]["loss"]})
     return row
 
@@ -229,8 +231,10 @@ def profile_updates(work: Path, sizes: CheckSizes, teacher: Path, data: Path, de
                              updates=sizes.profile_updates)
 
 
-SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",
-               "aten::item", "aten::nonzero")
+# What makes the host wait for a GPU (CUDA runtime calls); on a CPU only value reads can be counted, and those
+# cost nothing there
+CUDA_SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+VALUE_READ_EVENTS = ("aten::_local_scalar_dense", "aten::nonzero")
 
 
 def summarize_profile(profiler: Any, device: torch.device, wall: Optional[float], updates: int) -> Dict[str, Any]:
@@ -242,7 +246,7 @@ def summarize_profile(profiler: Any, device: torch.device, wall: Optional[float]
     def device_time(event: Any) -> float:
         return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
 
-    syncs = {e.key: int(e.count) for e in events if e.key in SYNC_EVENTS}
+    syncs = {e.key: int(e.count) for e in events if e.key in (CUDA_SYNC_EVENTS if on_cuda else VALUE_READ_EVENTS)}
     if on_cuda:
         kernels = [e for e in events if device_time(e) > 0]
         busy = sum(device_time(e) for e in kernels) / 1e6
@@ -328,25 +332,28 @@ def markdown(result: Dict[str, Any]) -> str:
              f"{', quick sizes' if meta['quick'] else ''}; `python -m speechdistill.bin.gpu_check"
              f"{' --device ' + meta['device'] if meta['device'] != 'cuda' else ''}{' --quick' if meta['quick'] else ''}`"
              f", {meta['wall_seconds']:.0f} s.", "",
-             f"Dense bf16 peak (n = {meta['peak_size']}): {result['bf16_peak_flops'] / 1e12:.2f} TFLOP/s; counted work "
-             f"per audio second: {result['macs_per_audio_second'] / 1e9:.1f} GMAC.", "",
+             "Dense matmul peak (n = {}): {}; counted work per audio second: {:.2f} GMAC.".format(
+                 meta["peak_size"], ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in result["peak_flops"].items()),
+                 result["macs_per_audio_second"] / 1e9), "",
              "| run | precision (student / teacher) | audio s / s | teacher audio s / s | peak memory | "
-             "fraction of bf16 peak |", "|---|---|---:|---:|---:|---:|"]
+             "fraction of the student precision's peak |", "|---|---|---:|---:|---:|---:|"]
     for row in result["distillation"]:
         if "error" in row:
             lines.append(f"| {row['run']} | failed (exit {row['exit_code']}) | | | | |")
             continue
         resolved = row["resolved"]
-        fraction = row["fraction_of_bf16_peak"]
+        fraction = row["fraction_of_peak"]
         lines.append(f"| {row['run']} | {resolved.get('student')} / {resolved.get('teacher')} | "
                      f"{row['audio_seconds_per_second']:.1f} | {row['teacher_audio_seconds_per_second']:.1f} | "
                      f"{row['peak_memory_mib']:.0f} MiB | {'' if fraction is None else f'{100 * fraction:.1f} %'} |")
     profile_ = result["profile"]
     idle = profile_["device_idle_fraction"]
+    syncs = ", ".join(f"{k} {v}" for k, v in profile_["synchronisations"].items()) or "none"
     lines += ["", f"Profiler over {profile_['updates']} updates (auto precision): device idle "
-                  f"{'n/a (CPU)' if idle is None else f'{100 * idle:.1f} %'}, "
-                  f"{profile_['synchronisations_per_update']:.1f} synchronisations per update "
-                  f"({', '.join(f'{k} {v}' for k, v in profile_['synchronisations'].items()) or 'none'}).", "",
+                  + (f"{100 * idle:.1f} %, {profile_['synchronisations_per_update']:.1f} host-device "
+                     f"synchronisations per update ({syncs})." if idle is not None else
+                     f"n/a on a CPU; value reads into Python: {profile_['synchronisations_per_update']:.1f} per "
+                     f"update ({syncs}), free on a CPU."), "",
               "| top op / kernel | time (ms) | calls |", "|---|---:|---:|"]
     for row in profile_["top"]:
         lines.append(f"| `{row['name']}` | {row.get('device_ms', row.get('cpu_ms')):.1f} | {row['calls']} |")
@@ -375,14 +382,16 @@ def run_check(out_dir: Path, device: torch.device, quick: bool,
     teacher = out_dir / "teacher"
     if not (teacher / "model.safetensors").is_file():
         save_model(teacher_model, teacher)
-    progress("measuring the dense bf16 peak")
-    bf16_peak = matmul_flops(device, {torch.bfloat16: sizes.peak_size}, repeats=3)[torch.bfloat16]
+    progress("measuring the dense matmul peaks")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, **({"fp16": torch.float16} if device.type == "cuda" else {})}
+    measured = matmul_flops(device, {dtype: sizes.peak_size for dtype in dtypes.values()}, repeats=3)
+    peaks = {name: measured[dtype] for name, dtype in dtypes.items()}
     reference_config = write_run_config(out_dir / "reference", sizes, teacher, data, device, {})
     macs = step_macs_per_audio_second(reference_config, float(np.mean(sizes.seconds)))
     rows = []
     for name in PRECISIONS:
         progress(f"(a) distillation, {name} precision")
-        rows.append(distillation_run(name, out_dir, sizes, teacher, data, device, macs, bf16_peak))
+        rows.append(distillation_run(name, out_dir, sizes, teacher, data, device, macs, peaks))
     progress("(b) profiler")
     profile_ = profile_updates(out_dir, sizes, teacher, data, device)
     progress("(c) DataLoader workers")
@@ -393,7 +402,7 @@ def run_check(out_dir: Path, device: torch.device, quick: bool,
     result = {"meta": {"device": device.type, "device_name": name, "torch": torch.__version__, "quick": quick,
                        "date": time.strftime("%Y-%m-%d"), "peak_size": sizes.peak_size,
                        "wall_seconds": time.perf_counter() - started, "sizes": asdict(sizes)},
-              "bf16_peak_flops": bf16_peak, "macs_per_audio_second": macs, "distillation": rows,
+              "peak_flops": peaks, "macs_per_audio_second": macs, "distillation": rows,
               "profile": profile_, "loader": loader, "resume": resume}
     atomic_write_text(out_dir / "gpu_check.json", json.dumps(result, indent=1) + "\n")
     atomic_write_text(out_dir / "gpu_check.md", markdown(result))

@@ -217,7 +217,7 @@ def matmul_flops_by_kernel(device: torch.device, sizes: Dict[torch.dtype, int], 
     timings = time_interleaved(runs, device, repeats=repeats, warmup=warmup, progress=progress)
     result: Dict[torch.dtype, Dict[str, float]] = {}
     for name, timing in timings.items():
-        dtype_name, kernel = name.split("/")
+        dtype_name, kernel = name.split("/", 1)
         dtype = next(d for d in sizes if str(d) == dtype_name)
         result.setdefault(dtype, {})[kernel] = 2.0 * sizes[dtype] ** 3 / timing.median
     return result

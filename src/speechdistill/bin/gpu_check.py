@@ -4,7 +4,7 @@
 
 Runs DistilHuBERT distillation with a random HuBERT Base teacher on synthesized FLAC data: 60 updates
 in the paper's precision (fp16 student, fp32 teacher) and 60 with --precision auto (bf16 on a GPU with
-bf16), reporting audio-s/s, teacher audio-s/s, peak memory and the fraction of the measured bf16 peak;
+bf16), reporting audio-s/s, teacher audio-s/s, peak memory and the fraction of the measured matmul peak;
 a torch.profiler pass over 5 updates (device idle fraction, synchronisations, top kernels); a
 DataLoader worker sweep (2/4/8); SIGTERM at update 30, exit 99, resume, and the final student compared
 bitwise with an uninterrupted run. Writes gpu_check.json and gpu_check.md (a markdown table) in --out.

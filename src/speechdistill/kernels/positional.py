@@ -21,25 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment.ops import fast_fft_size
 from .cache import kept
 from .conv import sum_over_frames
 from .registry import Kernel, Request, compute_dtype, register
 
 # FFT sizes whose kernel spectrum a frozen model keeps (HuBERT Base: 0.3 MB per FFT bin, ~130 MB for 15 s).
 SPECTRUM_SIZES = 4
-
-
-def fft_size(length: int) -> int:
-    """Smallest 2^a 3^b 5^c >= length (sizes the FFT handles fastest)."""
-    size = length
-    while True:
-        rest = size
-        for prime in (2, 3, 5):
-            while rest % prime == 0:
-                rest //= prime
-        if rest == 1:
-            return size
-        size += 1
 
 
 def _kernel_spectrum(module: nn.Module, size: int) -> torch.Tensor:
@@ -65,7 +53,7 @@ def _kernel_spectrum(module: nn.Module, size: int) -> torch.Tensor:
 def _fft_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     batch, frames, channels = x.shape
     kernel, groups = module.kernel, module.groups
-    size = fft_size(frames + kernel)
+    size = fast_fft_size(frames + kernel)
     spectrum = _kernel_spectrum(module, size)  # [F, G, C_in, C_out]
     with torch.autocast(x.device.type, enabled=False):
         signal = torch.fft.rfft(x.float(), n=size, dim=1)  # [B, F, D]
