@@ -170,31 +170,30 @@ class _Ticking:
         return result
 
 
-def _linear_kernels(a: torch.Tensor, b: torch.Tensor) -> List[kernels.Kernel]:
-    """The registered ``linear`` kernels that run a frozen inference product of ``a`` [n, n] and ``b`` [n, n]
-    here, but for those of the ``frozen`` backend (``F.linear`` on a kept weight: the ``linear`` entry)."""
-    request = kernels.Request("linear", a.device, a.dtype, frozen=True, grad=False,
-                              size=a.shape[0] * a.shape[1] * b.shape[0])
+def _linear_kernels(device: torch.device, dtype: torch.dtype, size: int) -> List[kernels.Kernel]:
+    """The registered ``linear`` kernels that run a frozen inference product of two [size, size] matrices here,
+    but for those of the ``frozen`` backend (``F.linear`` on a kept weight: the ``linear`` entry)."""
+    request = kernels.Request("linear", device, dtype, frozen=True, grad=False, size=size ** 3)
     return [k for k in kernels.kernels("linear") if k.backend != "frozen" and k.applies(request)]
 
 
-def matmul_kernel_names(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 64) -> List[str]:
-    """Names of the products :func:`dense_products` times on ``device`` in ``dtype``."""
-    a = torch.zeros(size, size, dtype=dtype, device=device)
-    return ["linear"] + (["conv1d_k1"] if device.type == "cpu" else []) + [k.name for k in _linear_kernels(a, a)]
+def matmul_kernel_names(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 4096) -> List[str]:
+    """Names of the products :func:`dense_products` times on ``device`` for [size, size] operands in ``dtype``."""
+    return (["linear"] + (["conv1d_k1"] if device.type == "cpu" else [])
+            + [k.name for k in _linear_kernels(device, dtype, size)])
 
 
 def dense_products(a: torch.Tensor, b: torch.Tensor) -> Dict[str, Callable[[], torch.Tensor]]:
     """``a @ b^T`` ([n, n] each) by every product the device has: ``linear`` (``F.linear``), on CPUs
     ``conv1d_k1`` (the same product as a kernel-1 ``conv1d``, returned transposed: [1, n, n]), and every
-    registered ``linear`` kernel that applies to a frozen inference product here (e.g. oneDNN's matmul on a
+    registered ``linear`` kernel that applies to a frozen inference product here (e.g. a product on a
     packed weight, as frozen models run on CPUs: :mod:`speechdistill.kernels.linear`)."""
     runs: Dict[str, Callable[[], torch.Tensor]] = {"linear": lambda: F.linear(a, b)}
     if a.device.type == "cpu":
         channels_first, weight = a.t().contiguous().unsqueeze(0), b.unsqueeze(-1)  # [1, n, n], [n, n, 1]
         runs["conv1d_k1"] = lambda: F.conv1d(channels_first, weight)
     owner, frozen = torch.nn.Module(), b.detach()
-    for kernel in _linear_kernels(a, b):
+    for kernel in _linear_kernels(a.device, a.dtype, a.shape[0]):
         runs[kernel.name] = lambda kernel=kernel: kernel.run(a, owner, "peak", (frozen,), lambda p: (p[0], None), False)
     return runs
 

@@ -2,8 +2,8 @@
 
 This is the code a CUDA device runs, and what every device runs under ``SPEECHDISTILL_KERNELS=reference``.
 At four places (every projection, the CNN, the positional conv, dropout) a block asks
-:func:`speechdistill.kernels.find` for a faster kernel for the call at hand (on CPUs: oneDNN products,
-window convolutions, FFTs) and hands the call to it when there is one; each kernel is tested against the
+:func:`speechdistill.kernels.find` for a faster kernel for the call at hand (on CPUs: products on packed
+weights, window convolutions, FFTs) and hands the call to it when there is one; each kernel is tested against the
 code here. Layout: the CNN runs channels-first ``[batch, channel, frame]`` and hands the transformer
 time-major ``[batch, frame, channel]`` activations.
 

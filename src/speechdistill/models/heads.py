@@ -77,8 +77,8 @@ class SplitLinear(nn.Module):
         chunks = x.unflatten(-1, (self.num_splits, self.in_dim))
         size = x.numel() // x.shape[-1] * self.in_dim * self.out_dim
         if kernels.find("linear", x, (self.weight, self.bias), size) is not None:
-            # a kernel for products of this size (e.g. oneDNN's on CPUs, where einsum's bmm runs on a
-            # slower GEMM): one product per split
+            # a kernel for products of this size (on CPUs, where einsum's bmm runs on a slower float32
+            # GEMM): one product per split
             return torch.stack([project(chunks[..., k, :], self, f"split{k}", (self.weight, self.bias),
                                         lambda parts, k=k: (parts[0][k].t(), parts[1][k]), self.in_dim, self.out_dim)
                                 for k in range(self.num_splits)], dim=-2)

@@ -69,8 +69,8 @@ class TrainerConfig:
     tf32: bool = _opt(True, "CUDA: float32 matrix products and convolutions on TF32 tensor cores (Ampere+); "
                             "false = full float32")
     kernels: Optional[str] = _opt(None, "model kernels: auto (this device's speed-ups), reference (the plain "
-                                        "PyTorch path a GPU runs) or a comma-separated list of backends (onednn, "
-                                        "cpu, frozen); null = $SPEECHDISTILL_KERNELS, else auto")
+                                        "PyTorch path a GPU runs) or a comma-separated list of backends "
+                                        "(speechdistill.kernels.backends()); null = $SPEECHDISTILL_KERNELS, else auto")
     compile: bool = _opt(False, "torch.compile the trainable model")
     deterministic: bool = _opt(False, "deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN "
                                       "deterministic, cuBLAS workspace config): bitwise-repeatable runs on GPUs, "
