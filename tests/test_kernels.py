@@ -15,17 +15,10 @@ from speechdistill.kernels import onednn, positional
 from speechdistill.models.components import (ConvFeatureExtractor, Dropout, FeedForward, PositionalConv, dropout,
                                              linear, project_layer)
 from speechdistill.models.heads import SplitLinear
+from test_models_support import batch
 
 torch.set_num_threads(2)
 CPU = torch.device("cpu")
-
-
-def batch(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    wavs = torch.zeros(len(lengths), max(lengths))
-    for i, n in enumerate(lengths):
-        wavs[i, :n] = torch.randn(n, generator=g)
-    return wavs, torch.tensor(lengths)
 
 
 def applies(name, dtype=torch.float32, frozen=False, grad=False, size=1 << 30):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from speechdistill.models import Encoder, EncoderConfig, load_model
 from speechdistill.models.checkpoints import HF_RULES, config_from_hf, encoder_with_weights, map_state_dict
 from host_reads import HostReads
-from test_models_support import (SMALL, SMALL_LARGE_STYLE, SMALL_WAVLM, hf_model,
+from test_models_support import (SMALL, batch, SMALL_LARGE_STYLE, SMALL_WAVLM, hf_model,
                                  max_diff_per_utterance)
 
 torch.set_num_threads(2)
@@ -23,14 +23,6 @@ def ours_from_hf(model):
     config = config_from_hf(model.config.to_dict(), state, normalize=False, source="test")
     mapped, _ = map_state_dict(state, HF_RULES, re.compile("^$"), "test")
     return encoder_with_weights(config, mapped, "test").eval()
-
-
-def batch(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    wavs = torch.zeros(len(lengths), max(lengths))
-    for i, n in enumerate(lengths):
-        wavs[i, :n] = torch.randn(n, generator=g)
-    return wavs, torch.tensor(lengths)
 
 
 @pytest.mark.parametrize("kind,config", [("hubert", SMALL), ("wav2vec2", SMALL_LARGE_STYLE), ("wavlm", SMALL_WAVLM),

@@ -19,6 +19,15 @@ SMALL_LARGE_STYLE = dict(SMALL, do_stable_layer_norm=True, feat_extract_norm="la
 SMALL_WAVLM = dict(SMALL, num_buckets=32, max_bucket_distance=40)
 
 
+def batch(lengths: List[int], seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random waveforms of the given lengths, zero-padded: (wavs [B, max(lengths)], lengths [B])."""
+    g = torch.Generator().manual_seed(seed)
+    wavs = torch.zeros(len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        wavs[i, :n] = torch.randn(n, generator=g)
+    return wavs, torch.tensor(lengths)
+
+
 def hf_model(kind: str, fast_init: bool = False, **config: Any) -> torch.nn.Module:
     """A transformers HubertModel / Wav2Vec2Model / WavLMModel in eval mode with all parameters random.
 

@@ -153,23 +153,30 @@ def test_too_many_unreadable_in_a_row_stops(data, tmp_path):
     assert "5 utterances in a row could not be read" in str(err.value) and "not found" in str(err.value)
 
 
-def test_sigusr1_checkpoints_and_returns_the_requeue_code(data, tmp_path):
-    out = tmp_path / "usr1"
-    config = _config(data, valid_data=None, pause_at_step=2, pause_seconds=1.0, checkpoint_every=100)
+def _train_signalled_when_paused(config, out, signum):
+    """Train in this process; a watcher sends ``signum`` to it once the task pauses (``pause_at_step``)."""
     marker = out / "paused-rank0"
 
     def send_when_paused():
         for _ in range(1000):
             if marker.exists():
-                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), signum)
                 return
             threading.Event().wait(0.01)
 
-    handler_before = signal.getsignal(signal.SIGUSR1)
     watcher = threading.Thread(target=send_when_paused)
     watcher.start()
-    result = _train(config, out)
-    watcher.join()
+    try:
+        return _train(config, out)
+    finally:
+        watcher.join()
+
+
+def test_sigusr1_checkpoints_and_returns_the_requeue_code(data, tmp_path):
+    out = tmp_path / "usr1"
+    config = _config(data, valid_data=None, pause_at_step=2, pause_seconds=1.0, checkpoint_every=100)
+    handler_before = signal.getsignal(signal.SIGUSR1)
+    result = _train_signalled_when_paused(config, out, signal.SIGUSR1)
     assert (result.status, result.step, result.exit_code) == ("preempted", 3, REQUEUE_EXIT_CODE)
     assert result.checkpoint == out / "checkpoints" / "ckpt-3.pt" and result.checkpoint.is_file()
     assert signal.getsignal(signal.SIGUSR1) is handler_before  # handlers restored
@@ -186,19 +193,7 @@ def test_a_signal_between_micro_batches_drops_the_update_and_the_resume_is_bitwi
     assert plain.run().status == "finished"
     out = tmp_path / "stopped"
     config = _config(data, **common, pause_at_step=2, pause_seconds=1.0)
-    marker = out / "paused-rank0"
-
-    def send_when_paused():
-        for _ in range(1000):
-            if marker.exists():
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            threading.Event().wait(0.01)
-
-    watcher = threading.Thread(target=send_when_paused)
-    watcher.start()
-    result = _train(config, out)
-    watcher.join()
+    result = _train_signalled_when_paused(config, out, signal.SIGTERM)
     assert (result.status, result.step, result.exit_code) == ("preempted", 2, REQUEUE_EXIT_CODE)
     assert "SIGTERM received after 1 of 2 micro-batches of update 3: the update is dropped" in \
         (out / "train.log").read_text()

@@ -192,7 +192,8 @@ class AsrTask:
     def _hidden_states(self, batch: Mapping[str, Any], dump: Optional[DumpedFeatures]):
         if dump is not None:
             return dump(batch["keys"], self.context.device)
-        return self.upstream(batch["wavs"], batch["lengths"], self.layers, self.context.teacher_autocast())
+        return self.upstream(batch["wavs"], batch["lengths"], self.layers, self.context.teacher_autocast(),
+                             host_lengths=batch.get("host_lengths"))
 
     def _loss(self, model: torch.nn.Module, batch: Mapping[str, Any], dump: Optional[DumpedFeatures]):
         states, frame_lengths = self._hidden_states(batch, dump)

@@ -96,11 +96,13 @@ class FrozenUpstream:
 
     @torch.no_grad()
     def __call__(self, wavs: torch.Tensor, lengths: torch.Tensor, layers: Sequence[int],
-                 autocast: ContextManager) -> Tuple[List[Optional[torch.Tensor]], torch.Tensor]:
-        """wavs ``[B, T]`` float32 16 kHz, lengths ``[B]`` samples -> (``num_hidden_states`` entries,
-        ``[B, N, D]`` float32 for the indices in ``layers`` and None elsewhere; frame lengths ``[B]``)."""
+                 autocast: ContextManager, host_lengths: Optional[Sequence[int]] = None
+                 ) -> Tuple[List[Optional[torch.Tensor]], torch.Tensor]:
+        """wavs ``[B, T]`` float32 16 kHz, lengths ``[B]`` samples (``host_lengths``: the same as Python ints,
+        sparing a read from the device) -> (``num_hidden_states`` entries, ``[B, N, D]`` float32 for the
+        indices in ``layers`` and None elsewhere; frame lengths ``[B]``)."""
         with autocast:
-            out = self.encoder(wavs, lengths, output_layers=set(layers))
+            out = self.encoder(wavs, lengths, host_lengths=host_lengths, output_layers=set(layers))
         states = [None if state is None else state.float() for state in out.hidden_states]
         return states, out.lengths
 
