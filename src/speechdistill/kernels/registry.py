@@ -22,7 +22,7 @@ import contextvars
 import functools
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -30,9 +30,8 @@ ENV_VARIABLE = "SPEECHDISTILL_KERNELS"
 OPS = ("linear", "conv_features", "positional_conv", "dropout")
 
 
-@dataclass(frozen=True)
-class Request:
-    """What a kernel needs to know to say whether it applies.
+class Request(NamedTuple):
+    """What a kernel needs to know to say whether it applies (a tuple: built on every call of the model).
 
     Attributes:
         op: one of :data:`OPS`.
@@ -156,35 +155,40 @@ def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
 def is_frozen(parameters: Sequence[Optional[torch.Tensor]]) -> bool:
     """Whether derived tensors of ``parameters`` may be kept: none requires grad, none is an inference
     tensor (those have no version counter), and not under ``torch.compile``."""
-    return not (any(p is not None and (p.requires_grad or p.is_inference()) for p in parameters)
-                or torch.compiler.is_compiling())
+    for p in parameters:
+        if p is not None and (p.requires_grad or p.is_inference()):
+            return False
+    return not torch.compiler.is_compiling()
 
 
 def request(op: str, x: torch.Tensor, parameters: Sequence[Optional[torch.Tensor]] = (), size: int = 0) -> Request:
     """The :class:`Request` of a call of ``op`` on input ``x`` with ``parameters``."""
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in parameters))
-    return Request(op=op, device=x.device, dtype=compute_dtype(x), frozen=is_frozen(parameters), grad=grad,
-                   size=int(size))
+    frozen = is_frozen(parameters)
+    grad = torch.is_grad_enabled() and (x.requires_grad or not frozen and any(p is not None and p.requires_grad
+                                                                              for p in parameters))
+    return Request(op, x.device, compute_dtype(x), frozen, grad, int(size))
 
 
-def select(req: Request) -> Optional[Kernel]:
-    """The kernel that runs ``req`` under the current policy, or None (the model's own code)."""
-    candidates = _KERNELS[req.op]
-    if not candidates or torch.compiler.is_compiling():
-        return None
-    allowed = _allowed()
-    if allowed is not None and not allowed:
-        return None
-    for kernel in candidates:
+def _first(req: Request, allowed: Optional[FrozenSet[str]]) -> Optional[Kernel]:
+    for kernel in _KERNELS[req.op]:
         if (allowed is None or kernel.backend in allowed) and kernel.applies(req):
             return kernel
     return None
 
 
+def select(req: Request) -> Optional[Kernel]:
+    """The kernel that runs ``req`` under the current policy, or None (the model's own code)."""
+    allowed = _allowed()
+    if not _KERNELS[req.op] or (allowed is not None and not allowed) or torch.compiler.is_compiling():
+        return None
+    return _first(req, allowed)
+
+
 def find(op: str, x: torch.Tensor, parameters: Sequence[Optional[torch.Tensor]] = (), size: int = 0
          ) -> Optional[Callable]:
     """The implementation that runs ``op`` on ``x`` here, or None when the model's own code does."""
-    if not _KERNELS[op] or torch.compiler.is_compiling():
+    allowed = _allowed()
+    if not _KERNELS[op] or (allowed is not None and not allowed) or torch.compiler.is_compiling():
         return None
-    kernel = select(request(op, x, parameters, size))
+    kernel = _first(request(op, x, parameters, size), allowed)
     return None if kernel is None else kernel.run

@@ -185,7 +185,8 @@ class Trainer:
         try:
             for signum in (signal.SIGTERM, signal.SIGUSR1):
                 previous_handlers[signum] = signal.signal(signum, self._on_signal)
-            with kernels.use(config.kernels), _deterministic(config.deterministic):
+            # (the policy fixed for the run: the environment is not read again on every model call)
+            with kernels.use(config.kernels or kernels.policy()), _deterministic(config.deterministic):
                 return self._run()
         finally:
             if getattr(self, "_stream", None) is not None:
