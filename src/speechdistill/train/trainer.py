@@ -23,6 +23,7 @@ import math
 import random
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,16 @@ def _shut_down_workers(loader: Optional[torch.utils.data.DataLoader]) -> None:
             worker.kill()
             worker.join(timeout=5)
     loader._iterator = None
+
+
+def _check_writable(directory: Path) -> None:
+    """Create the output dir and write a file in it, or fail naming the dir (read-only, full, no permission)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise TrainingError(ckpt.write_failure(directory, exc, "the run's output (--output-dir)")) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -207,7 +218,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         config, env = self.config, self.env
         if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.output_dir)
             ckpt.remove_stale_temporaries(self.checkpoint_dir)
         dist_utils.barrier()
         self.logger = setup_logger(self.output_dir / "train.log", env.rank)
