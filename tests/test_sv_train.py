@@ -99,7 +99,7 @@ def test_user_errors_are_one_line_without_traceback(files, tmp_path):
     assert "config.teacher: system 'oskdft' needs a teacher; pass --teacher PATH" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     done = train(files, tmp_path / "y", "--system", "fbank", "--max_steps", "1", "--ecapa.chanels", "8", check=False)
-    assert done.returncode == 1 and "did you mean 'channels'" in done.stderr
+    assert done.returncode == 1 and "unknown option '--ecapa.chanels'; did you mean '--ecapa.channels'" in done.stderr
 
 
 def test_print_key_resolves_the_config_without_training(tmp_path, capsys):

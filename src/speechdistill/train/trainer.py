@@ -47,7 +47,7 @@ from .logs import MetricsWriter, close_logger, setup_logger, write_plots
 from .optim import (build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, group_learning_rates,
                     load_optimizer_state, step_with_multiplier)
 from .precision import autocast, common_precision, resolve_device, resolve_precision
-from .task import StepOutput, Task, TrainContext, item_fields_of
+from .task import StepOutput, Task, TrainContext, item_extras_of, item_fields_of
 
 
 
@@ -294,7 +294,9 @@ class Trainer:
 
         def make(data_dir: str, training: bool):
             dataset = AudioDataset(data_dir, max_seconds=config.max_seconds, min_seconds=config.min_seconds,
-                                   seed=config.seed, fields=item_fields_of(self.task, Path(data_dir)))
+                                   seed=config.seed, fields=item_fields_of(self.task, Path(data_dir)),
+                                   pipe_timeout=config.pipe_timeout,
+                                   extras=item_extras_of(self.task, Path(data_dir)) if training else None)
             sampler = BucketBatchSampler(dataset.cropped_num_samples.tolist(), batch_samples=budget,
                                          max_batch_size=config.max_batch_size,
                                          # unshuffled validation: one length-sorted bucket gives
