@@ -83,6 +83,8 @@ class AudioDataset(torch.utils.data.Dataset):
             fails (None: ``$SPEECHDISTILL_PIPE_TIMEOUT`` or 120 s; <= 0: no limit).
         extras: ``extras(ref) -> {name: value}`` adds values computed when the item is read
             (in the DataLoader worker), e.g. a second crop from another data set.
+        random_crop: crop at a random offset (training); ``False`` keeps the first ``max_seconds``
+            of a longer utterance (inference).
 
     Attributes:
         keys: utterance ids kept, in data-dir order; ``index`` in an :class:`ItemRef` points here
@@ -96,7 +98,7 @@ class AudioDataset(torch.utils.data.Dataset):
                  min_seconds: float = 0.0, seed: int = 0,
                  fields: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  sample_rate: int = SAMPLE_RATE, pipe_timeout: Optional[float] = None,
-                 extras: Optional[ItemExtras] = None) -> None:
+                 extras: Optional[ItemExtras] = None, random_crop: bool = True) -> None:
         self.data_dir = Path(data_dir)
         if not self.data_dir.is_dir():
             raise DataDirError(format_error(self.data_dir, "data directory not found",
@@ -109,6 +111,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.pipe_timeout = pipe_timeout
         self.extras = extras
+        self.random_crop = random_crop
         self.max_samples = None if max_seconds is None else max(1, int(round(max_seconds * sample_rate)))
         min_samples = int(round(min_seconds * sample_rate))
 
@@ -207,7 +210,7 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def crop_start(self, epoch: int, index: int, length: int) -> int:
         """First sample of the crop of utterance ``index`` in ``epoch`` given its ``length`` (samples)."""
-        if self.max_samples is None or length <= self.max_samples:
+        if self.max_samples is None or length <= self.max_samples or not self.random_crop:
             return 0
         generator = np.random.default_rng((self.seed, epoch, index))
         return int(generator.integers(0, length - self.max_samples + 1))
