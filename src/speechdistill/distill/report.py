@@ -32,7 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ..config import load_config
-from ..data.tables import atomic_write_text, read_table
+from ..data.tables import atomic_write_text
 from ..train.logs import _save_figure, read_metrics
 
 PathLike = Union[str, os.PathLike]
