@@ -191,6 +191,7 @@ def _decode(model, tokenizer, upstream_path: str, data_dir: Path, out_dir: Path,
                              max_seconds=options.max_seconds, max_batch_size=options.max_batch_size,
                              num_workers=options.num_workers, pipe_timeout=options.pipe_timeout)
     dataset = data.dataset
+    logger.info("%d utterances in batches of at most %.1f s of padded audio", len(dataset), data.budget_seconds)
     skipped: Dict[str, str] = {key: reason for key, reason in dataset.skipped}
     cut = {key: data.cut_message(key, seconds) for key, seconds in data.cut}
     for message in cut.values():
