@@ -93,6 +93,17 @@ def test_oskdft_and_frozen_teacher_systems_train_from_a_hugging_face_teacher(fil
         assert frozen(wav, torch.tensor([wav.shape[1]])).shape == (1, 12)
 
 
+def test_separate_distillation_inputs_are_read_by_the_dataloader_workers(files, tmp_path):
+    """OS-KDFT 2024 (kd_input separate): the extra utterances of every step are read with the training items in
+    the DataLoader worker processes, not in the training loop."""
+    train(files, tmp_path / "sep", "--system", "oskdft", "--teacher", str(files / "hf_teacher"), "--max_steps", "2",
+          "--kd_input", "separate", "--kd_data", str(files / "valid"), "--num_workers", "1")
+    log = (tmp_path / "sep" / "train.log").read_text()
+    assert f"distillation inputs: separate crops from {files / 'valid'}, read by the DataLoader workers" in log
+    steps = [r for r in metrics(tmp_path / "sep") if "kd_mse" in r and "step" in r]
+    assert len(steps) == 2 and all(0 < r["kd_mse"] < float("inf") for r in steps)
+
+
 def test_user_errors_are_one_line_without_traceback(files, tmp_path):
     done = train(files, tmp_path / "x", "--system", "oskdft", "--max_steps", "1", check=False)
     assert done.returncode == 1
