@@ -61,13 +61,19 @@ def test_random_crop_is_a_contiguous_window_seeded_by_epoch_and_index(data_dir):
     assert np.array_equal(wider[ItemRef(2, 0, 0)]["wav"], (np.arange(8000) / 1e5).astype(np.float32))
 
 
-def test_segments_cut_recordings(tmp_path):
+def _segmented(tmp_path):
+    """A 3-s recording ``rec1`` (samples: running index / 1e5) cut into rec1-a (0.5-1.0 s) and rec1-b (2.0-2.5 s)."""
     d = tmp_path / "seg"
     d.mkdir()
     path = _write(d, "rec", np.arange(48000) / 1e5)
     (d / "wav.scp").write_text(f"rec1 {path}\n")
     (d / "segments").write_text("rec1-a rec1 0.5 1.0\nrec1-b rec1 2.0 2.5\n")
     (d / "utt2num_samples").write_text("rec1-a 8000\nrec1-b 8000\n")
+    return d, path
+
+
+def test_segments_cut_recordings(tmp_path):
+    d, _ = _segmented(tmp_path)
     dataset = AudioDataset(d, max_seconds=None, min_seconds=0.0)
     first, second = dataset[0]["wav"], dataset[1]["wav"]
     np.testing.assert_allclose(first, (np.arange(8000, 16000) / 1e5).astype(np.float32), atol=1e-7)
@@ -176,12 +182,7 @@ def test_an_empty_wav_scp_says_so(data_dir):
 
 def test_the_index_is_flat_arrays_a_forked_worker_shares(tmp_path):
     """Keys, sources, segments and fields live in numpy arrays (no per-utterance Python objects to copy)."""
-    d = tmp_path / "seg"
-    d.mkdir()
-    path = _write(d, "rec", np.arange(48000) / 1e5)
-    (d / "wav.scp").write_text(f"rec1 {path}\n")
-    (d / "segments").write_text("rec1-a rec1 0.5 1.0\nrec1-b rec1 2.0 2.5\n")
-    (d / "utt2num_samples").write_text("rec1-a 8000\nrec1-b 8000\n")
+    d, path = _segmented(tmp_path)
     dataset = AudioDataset(d, fields={"speaker": {"rec1-a": 3, "rec1-b": 4}, "tokens": {"rec1-a": [1, 2], "rec1-b": []},
                                       "text": {"rec1-a": "A", "rec1-b": "ÉB"}})
     assert dataset.source(1) == ("rec1-b", str(path), (2.0, 2.5))
