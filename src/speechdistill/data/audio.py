@@ -79,10 +79,18 @@ def pipe_timeout_seconds(timeout: Optional[float] = None) -> Optional[float]:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the command's process group and reap it; a descendant that left the group and still holds
+    the pipes is not waited for."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+        proc.wait()
 
 
 def _run_pipe(command: str, key: Optional[str], timeout: Optional[float]) -> bytes:
@@ -96,14 +104,12 @@ def _run_pipe(command: str, key: Optional[str], timeout: Optional[float]) -> byt
         stdout, stderr = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        proc.communicate()
         raise AudioError(f"{_describe(key, command)}: the wav.scp command did not finish within {limit:g} s (pipe "
                          f"timeout); killed it and skipped the utterance. Fix: run '{cmd}' by hand to see why it "
                          f"hangs (an unreachable mount, a prompt), or raise the limit (pipe_timeout, or "
                          f"{PIPE_TIMEOUT_ENV}=SECONDS; 0 = no limit)") from None
     except BaseException:
         _kill_group(proc)
-        proc.communicate()
         raise
     if proc.returncode != 0:
         err = stderr.decode("utf-8", "replace").strip().splitlines()
