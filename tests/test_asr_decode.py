@@ -127,3 +127,55 @@ def test_decode_cli_writes_text_and_errors_name_the_fix(world):
     with pytest.raises(ValueError, match="not an ASR model dir"):
         decode_data_dir(root / "nope", world["data"], root / "x")
     assert not (root / "x").exists()
+
+
+def test_a_long_utterance_is_decoded_from_its_start_with_a_message_and_every_other_is_written(world, tmp_path):
+    """A 12-s entry with --max-seconds 2 --batch-seconds 3: named in the log and the summary, decoded from its first
+    2 s (the same hypothesis as a file holding only those 2 s), every other utterance decoded; batches never
+    grow past 3 s of padded audio."""
+    import numpy as np
+    import shutil
+
+    data = tmp_path / "test"
+    shutil.copytree(world["data"], data)
+    rng = np.random.default_rng(7)
+    long_audio = (0.1 * rng.standard_normal(12 * 16000)).astype(np.float32)
+    soundfile.write(str(data / "wav" / "long.wav"), long_audio, 16000, subtype="FLOAT")
+    soundfile.write(str(data / "wav" / "head.wav"), long_audio[:2 * 16000], 16000, subtype="FLOAT")
+    wav = read_table(data / "wav.scp")
+    wav.update({"spk9-000": str(data / "wav" / "long.wav"), "spk9-001": str(data / "wav" / "head.wav")})
+    counts = read_table(data / "utt2num_samples")
+    counts.update({"spk9-000": "192000", "spk9-001": "32000"})
+    for name, table in (("wav.scp", wav), ("utt2num_samples", counts)):
+        (data / name).write_text("".join(f"{k} {v}\n" for k, v in sorted(table.items())))
+    out = tmp_path / "dec"
+    done = run_module("speechdistill.bin.asr_decode", "--asr-model", world["model"], "--data", data, "--output-dir",
+                      out, "--num-workers", "0", "--threads", "1", "--max-seconds", "2", "--batch-seconds", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 longer than --max-seconds decoded from their start" in done.stdout
+    log = (out / "decode.log").read_text()
+    assert "utterance 'spk9-000' is 12.0 s long: only its first 2 s are used (--max-seconds 2" in log
+    assert "in batches of at most 3.0 s of padded audio" in log
+    hyps = read_table(out / "text", allow_empty_value=True)
+    assert set(hyps) == {k for k in world["texts"] if k != "spk2-000"} | {"spk9-000", "spk9-001"}
+    assert hyps["spk9-000"] == hyps["spk9-001"]
+    info = json.loads((out / "decode_info.json").read_text())
+    assert info["cut"] == ["spk9-000"] and info["options"]["max_seconds"] == 2.0
+
+
+def test_a_batch_that_fails_is_rerun_one_utterance_at_a_time():
+    from speechdistill.data.inference import run_each_on_failure
+
+    batch = {"keys": ["a", "b", "c"], "wavs": torch.zeros(3, 5), "lengths": torch.tensor([5, 3, 4])}
+    calls, failed = [], {}
+
+    def run(wavs, lengths, keys):
+        calls.append(list(keys))
+        if "b" in keys:
+            raise RuntimeError("CPU out of memory: tried to allocate 1.6 GB")
+        return [f"hyp {k} {wavs.shape[1]}" for k in keys]
+
+    done = run_each_on_failure(batch, run, lambda key, reason: failed.setdefault(key, reason))
+    assert done == [("a", "hyp a 5"), ("c", "hyp c 4")]  # each alone, unpadded
+    assert calls == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+    assert list(failed) == ["b"] and failed["b"].startswith("out of memory on this utterance alone (0.0 s)")

@@ -52,7 +52,8 @@ def test_config_refuses_crops_and_missing_inputs(setup):
         load_config(AsrConfig, overrides={"train_data": "d", "token_dir": "t"}).validate()
     with pytest.raises(ConfigError, match="--token-dir"):
         load_config(AsrConfig, overrides={"train_data": "d", "upstream": "u"}).validate()
-    with pytest.raises(ConfigError, match="unknown key 'hiden_size'; did you mean 'hidden_size'"):
+    with pytest.raises(ConfigError, match="unknown option '--downstream.hiden_size'; did you mean "
+                                          "'--downstream.hidden_size'"):
         load_config(AsrConfig, overrides={"downstream": {"hiden_size": 3}})
 
 

@@ -107,7 +107,7 @@ def test_truncated_flac_passes_a_header_read_but_not_a_decode(tmp_path):
     assert probe_audio(str(path)).num_samples == 32000  # the header still claims the full length
     with pytest.raises(AudioError, match=r"'u6'.*cannot decode"):
         probe_audio(str(path), key="u6", read_entire_file=True)
-    with pytest.raises(AudioError, match=r"'u6'.*cannot decode"):
+    with pytest.raises(AudioError, match=r"'u6'.*truncated or damaged: the header says 32000 samples"):
         read_audio(str(path), key="u6")
 
 
@@ -145,3 +145,58 @@ def test_segments_cut_with_rounding_and_clip(wav16k):
 def test_pipe_reads_relative_paths_from_the_working_directory(tmp_path, wav16k, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert len(read_audio(f"cat {os.path.basename(wav16k)} |")) == 8000
+
+
+def test_truncated_wav_names_the_declared_and_the_present_samples(tmp_path):
+    path = tmp_path / "cut.wav"
+    soundfile.write(path, tone(131072), 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:44 + 2 * 22594])
+    message = r"'u1'.*truncated: the header says 131072 samples, the file holds 22594"
+    for reader in (read_audio, probe_audio):
+        with pytest.raises(AudioError, match=message):
+            reader(str(path), key="u1")
+    with pytest.raises(AudioError, match=message):
+        read_audio(str(path), key="u1", offset=100, num_samples=1600)  # a crop inside the part still there
+
+
+def test_a_window_of_a_file_is_the_same_samples_as_a_slice_of_the_whole(tmp_path):
+    for suffix, subtype in ((".wav", "PCM_16"), (".flac", "PCM_16"), (".wav", "FLOAT")):
+        path = tmp_path / f"w{suffix}"
+        soundfile.write(path, tone(40000, freq=123.0), 16000, subtype=subtype)
+        whole = read_audio(str(path))
+        assert np.array_equal(read_audio(str(path), offset=12345, num_samples=16000), whole[12345:28345])
+        assert np.array_equal(read_audio(str(path), offset=39000, num_samples=16000), whole[39000:])  # clipped
+        assert np.array_equal(read_audio(str(path), segment=(0.5, 2.0), offset=100, num_samples=50),
+                              whole[8100:8150])
+        assert np.array_equal(read_audio(f"cat {path} |", offset=12345, num_samples=16000), whole[12345:28345])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is dead, waiting for its reaper
+
+
+def test_a_hung_pipe_is_killed_with_everything_it_started_after_the_timeout(tmp_path, wav16k, monkeypatch):
+    import time
+
+    pid_file = tmp_path / "sleeper.pid"
+    start = time.monotonic()
+    with pytest.raises(AudioError, match=r"utterance 'u1' \(sleep 30 & echo .*; wait; cat .*a.wav \|\): the wav.scp "
+                                         r"command did not finish within 0.5 s \(pipe timeout\); killed it"):
+        read_audio(f"sleep 30 & echo $! > {pid_file}; wait; cat {wav16k} |", key="u1", pipe_timeout=0.5)
+    assert time.monotonic() - start < 10
+    sleeper = int(pid_file.read_text())
+    for _ in range(50):
+        if not _alive(sleeper):
+            break
+        time.sleep(0.1)
+    assert not _alive(sleeper)  # the command's children were killed too, not left holding the pipe
+    monkeypatch.setenv("SPEECHDISTILL_PIPE_TIMEOUT", "0.5")
+    with pytest.raises(AudioError, match="within 0.5 s"):
+        read_audio(f"sleep 30 | cat {wav16k} |", key="u2")
+    monkeypatch.setenv("SPEECHDISTILL_PIPE_TIMEOUT", "soon")
+    with pytest.raises(AudioError, match="SPEECHDISTILL_PIPE_TIMEOUT='soon' is not a number"):
+        read_audio(f"cat {wav16k} |")

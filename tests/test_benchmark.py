@@ -50,7 +50,8 @@ def test_quick_run_writes_every_section_with_consistent_figures(quick_run):
     result = json.loads((out / "b.json").read_text())
     log = (out / "b.log").read_text()
     assert "teacher forward ours_fp32" in log and "step distilhubert" in log
-    for section in ("meta", "peak", "teacher_forward", "student_forward", "distill_step", "data_pipeline", "targets"):
+    for section in ("meta", "peak", "teacher_forward", "student_forward", "distill_step", "data_pipeline",
+                    "data_loader", "targets"):
         assert section in result, section
     assert "| ours fp32 |" in done.stdout and "eager baseline" in done.stdout
 
@@ -145,6 +146,24 @@ def test_quick_run_writes_every_section_with_consistent_figures(quick_run):
     if not native:  # emulated bf16 is several times slower than fp32: no noise can flip this
         assert fast == "fp32" and fastest_teacher == "fp32" and summary["trainer_auto_is_fastest"] is True
     assert f"--precision auto picks {fast}" in done.stdout
+
+
+def test_data_loader_section_on_a_million_utterances(tmp_path):
+    """--section data_loader alone: the trainer's DataLoader (2 workers, FLAC crops) delivers audio, and a forked
+    worker that touched every item of a 1,000,000-utterance data dir grew by less than 50 MB."""
+    done = _run("--section", "data_loader", "--json", str(tmp_path / "b.json"), cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert set(result) >= {"meta", "data_loader", "targets"} and "peak" not in result and "distill_step" not in result
+    speed, memory = result["data_loader"]["throughput"], result["data_loader"]["worker_memory"]
+    assert speed["workers"] == 2 and speed["failures"] == 0 and speed["batches"] == 30
+    assert speed["audio_seconds"] == pytest.approx(speed["audio_seconds_per_second"] * speed["seconds"])
+    assert speed["audio_seconds_per_second"] > 10
+    assert memory["utterances"] == 1_000_000
+    assert 0 <= memory["growth_mb"] < 50
+    target = {t["name"]: t for t in result["targets"]}["worker_memory_growth_mb_1m_utterances"]
+    assert target["value"] == pytest.approx(memory["growth_mb"]) and target["met"] is True
+    assert "worker private memory growth after touching all 1,000,000 items" in done.stdout
 
 
 def test_unknown_preset_is_one_line_error(tmp_path):

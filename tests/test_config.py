@@ -58,3 +58,28 @@ def test_none_override_and_round_trip():
     assert cfg.teacher is None
     again = from_dict(Top, __import__("yaml").safe_load(dump_yaml(cfg)))
     assert again == cfg
+
+
+def test_command_line_keys_and_values_are_blamed_on_the_option_not_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 5\noptim:\n  lr: 0.001\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Top, path, parse_overrides(["--max-stepz", "20"]))
+    assert str(err.value).startswith("command line: unknown option '--max_stepz'; did you mean '--max_steps'?")
+    assert str(path) not in str(err.value)
+    with pytest.raises(ConfigError, match=r"^command line: unknown option '--optim.lrr'; did you mean '--optim.lr'"):
+        load_config(Top, path, parse_overrides(["--optim.lrr", "1"]))
+    with pytest.raises(ConfigError, match=r"^command line: --max_steps: expected an integer, found 'many'"):
+        load_config(Top, path, parse_overrides(["--max_steps", "many"]))
+    path.write_text("max_stepz: 5\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key 'max_stepz'"):
+        load_config(Top, path, parse_overrides(["--max_steps", "3"]))
+
+
+def test_numbers_must_be_finite_and_the_error_names_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=rf"{path}.optim.lr: must be a finite number, found nan"):
+        load_config(Top, path)
+    with pytest.raises(ConfigError, match=r"command line: --optim.lr: must be a finite number, found inf"):
+        load_config(Top, None, parse_overrides(["--optim.lr", ".inf"]))

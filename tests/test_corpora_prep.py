@@ -1,5 +1,6 @@
 """Real-layout corpus prep on tiny hand-made trees with planted corrupt files."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,9 +173,9 @@ def test_voxceleb_malformed_trial_line_names_file_and_line(voxceleb1, tmp_path):
         prepare_voxceleb(str(voxceleb1), ["test"], str(tmp_path / "out"), trials_file=str(bad_list))
 
 
-def test_voxceleb2_m4a_is_read_through_an_ffmpeg_pipe(tmp_path, monkeypatch):
+def test_voxceleb2_m4a_can_still_be_read_through_an_ffmpeg_pipe(tmp_path, monkeypatch):
     root = tmp_path / "vox2"
-    # stand-in for ffmpeg (not installed here): the ".m4a" files hold WAV bytes, which it copies out
+    # stand-in for ffmpeg: the ".m4a" files hold WAV bytes, which it copies out
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "ffmpeg").write_text('#!/usr/bin/env bash\nwhile [ $# -gt 0 ]; do [ "$1" = -i ] && src=$2; shift; done\n'
@@ -185,12 +186,13 @@ def test_voxceleb2_m4a_is_read_through_an_ffmpeg_pipe(tmp_path, monkeypatch):
     good.rename(good.with_suffix(".m4a"))
     tone(root / "dev/aac/id00012/broken_vid1/00001.wav", 1000).rename(root / "dev/aac/id00012/broken_vid1/00001.m4a")
     out = tmp_path / "data" / "train"
-    prepare_voxceleb(str(root), ["dev"], str(out), nj=1)
+    prepare_voxceleb(str(root), ["dev"], str(out), nj=1, m4a="pipe")
     wav = read_table(out / "wav.scp")
     assert wav == {"id00012/21Uxsk56VDQ/00001.wav":
                    f"ffmpeg -v 8 -i {root}/dev/aac/id00012/21Uxsk56VDQ/00001.m4a -f wav -acodec pcm_s16le - |"}
     assert read_table(out / "utt2num_samples") == {"id00012/21Uxsk56VDQ/00001.wav": "21000"}
     assert "invalid data" in read_table(out / "bad_utts")["id00012/broken_vid1/00001.wav"]
+    assert not (tmp_path / "dump").exists()
 
 
 def test_voxceleb_merged_layout_refuses_a_single_subset(tmp_path):
@@ -259,3 +261,50 @@ def test_rirs_keep_room_type_room_id_and_listed_rt60(tmp_path, repo_root):
     validate(repo_root, out, "--no-text")
     with pytest.raises(CorpusError, match="largeroom/rir_list not found"):
         prepare_rirs(str(top), str(tmp_path / "x"), rooms=["largeroom"])
+
+
+# ------------------------------------------------------------------------------------- VoxCeleb2 m4a
+def _m4a(path: Path, samples: int, freq: float) -> Path:
+    """A real m4a (AAC) file written by ffmpeg from a tone."""
+    wav = tone(path.with_suffix(".src.wav"), samples, freq=freq)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-c:a", "aac", "-b:a", "48k",
+                    str(path)], check=True)
+    wav.unlink()
+    return path
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is installed by tools/install_system.sh")
+def test_voxceleb2_m4a_is_converted_to_flac_once_and_a_rerun_converts_only_what_is_missing(tmp_path, repo_root):
+    root = tmp_path / "vox2"
+    for speaker, video, n, samples in (("id00012", "21Uxsk56VDQ", 1, 20000), ("id00012", "21Uxsk56VDQ", 2, 28000),
+                                       ("id00015", "0fijmz4vTVU", 1, 24000)):
+        _m4a(root / f"dev/aac/{speaker}/{video}/{n:05d}.m4a", samples, 150.0 + 40 * n)
+    broken = root / "dev/aac/id00015/0fijmz4vTVU/00002.m4a"
+    broken.write_bytes(b"\0\0\0\x20ftypM4A " + bytes(range(256)) * 8)  # a cut download
+    out = tmp_path / "data" / "train"
+    command = [sys.executable, "-m", "speechdistill.bin.prep_voxceleb", "--corpus-dir", str(root), "--subsets", "dev",
+               "--out", str(out), "--nj", "2"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "3 converted, 0 kept from an earlier run, 1 failed" in first.stderr
+    wav = read_table(out / "wav.scp")
+    flac_dir = tmp_path / "dump" / "flac" / "train"
+    assert wav == {f"{k}.wav": str(flac_dir / f"{k}.flac") for k in
+                   ("id00012/21Uxsk56VDQ/00001", "id00012/21Uxsk56VDQ/00002", "id00015/0fijmz4vTVU/00001")}
+    counts = read_table(out / "utt2num_samples")
+    for key, path in wav.items():
+        info = soundfile.info(path)
+        assert (info.format, info.samplerate, info.channels) == ("FLAC", 16000, 1)
+        assert int(counts[key]) == info.frames  # from the FLAC header
+    assert abs(int(counts["id00012/21Uxsk56VDQ/00002.wav"]) - 28000) < 3000  # AAC pads to whole frames
+    reason = read_table(out / "bad_utts")["id00015/0fijmz4vTVU/00002.wav"]
+    assert reason.startswith(f"ffmpeg could not convert {broken} (exit code 1:") and "Invalid data" in reason
+    validate(repo_root, out, "--no-text")
+    # an interrupted run: one FLAC missing and no marker; only that file is converted again
+    (out / ".prep_done").unlink()
+    Path(wav["id00012/21Uxsk56VDQ/00002.wav"]).unlink()
+    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "1 converted, 2 kept from an earlier run, 1 failed" in again.stderr
+    assert read_table(out / "utt2num_samples") == counts

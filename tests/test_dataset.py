@@ -61,13 +61,19 @@ def test_random_crop_is_a_contiguous_window_seeded_by_epoch_and_index(data_dir):
     assert np.array_equal(wider[ItemRef(2, 0, 0)]["wav"], (np.arange(8000) / 1e5).astype(np.float32))
 
 
-def test_segments_cut_recordings(tmp_path):
+def _segmented(tmp_path):
+    """A 3-s recording ``rec1`` (samples: running index / 1e5) cut into rec1-a (0.5-1.0 s) and rec1-b (2.0-2.5 s)."""
     d = tmp_path / "seg"
     d.mkdir()
     path = _write(d, "rec", np.arange(48000) / 1e5)
     (d / "wav.scp").write_text(f"rec1 {path}\n")
     (d / "segments").write_text("rec1-a rec1 0.5 1.0\nrec1-b rec1 2.0 2.5\n")
     (d / "utt2num_samples").write_text("rec1-a 8000\nrec1-b 8000\n")
+    return d, path
+
+
+def test_segments_cut_recordings(tmp_path):
+    d, _ = _segmented(tmp_path)
     dataset = AudioDataset(d, max_seconds=None, min_seconds=0.0)
     first, second = dataset[0]["wav"], dataset[1]["wav"]
     np.testing.assert_allclose(first, (np.arange(8000, 16000) / 1e5).astype(np.float32), atol=1e-7)
@@ -137,3 +143,51 @@ def test_extra_field_must_cover_every_utterance_and_not_shadow_batch_keys(data_d
     with pytest.raises(ValueError) as err:
         AudioDataset(data_dir, min_seconds=0.1, fields={"lengths": {"b-mid": 1, "c-long": 2}})
     assert "lengths" in str(err.value)
+
+
+def test_a_crop_of_a_long_flac_decodes_only_the_crop(tmp_path):
+    """A 1-s crop of a 10-minute FLAC: the samples of that window, with a bounded allocation (the whole file would
+    be 38 MB of float32); the crop equals the same window of the whole decoded file."""
+    import tracemalloc
+
+    d = tmp_path / "long"
+    d.mkdir()
+    minutes = 10
+    t = np.arange(minutes * 60 * SR) / SR
+    signal = (0.25 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.1 * t))).astype(np.float32)
+    path = d / "long.flac"
+    soundfile.write(str(path), signal, SR, subtype="PCM_16")
+    (d / "wav.scp").write_text(f"long {path}\n")
+    (d / "utt2num_samples").write_text(f"long {len(signal)}\n")
+    dataset = AudioDataset(d, max_seconds=1.0, seed=4)
+    dataset[ItemRef(0, 0, 0)]  # warm libsndfile up: its first-use allocations are not the read
+    tracemalloc.start()
+    try:
+        item = dataset[ItemRef(3, 0, 0)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    start = dataset.crop_start(3, 0, len(signal))
+    assert start > 60 * SR  # far into the file
+    whole, _ = soundfile.read(str(path), dtype="float32")
+    assert np.array_equal(item["wav"], whole[start:start + SR])
+    assert peak < 2 * SR * 4 + 2 ** 20, f"peak allocation {peak / 2 ** 20:.1f} MiB for a 1-s crop"
+
+
+def test_an_empty_wav_scp_says_so(data_dir):
+    (data_dir / "wav.scp").write_text("")
+    with pytest.raises(DataDirError, match=r"wav.scp: is empty: the data dir has no utterances"):
+        AudioDataset(data_dir)
+
+
+def test_the_index_is_flat_arrays_a_forked_worker_shares(tmp_path):
+    """Keys, sources, segments and fields live in numpy arrays (no per-utterance Python objects to copy)."""
+    d, path = _segmented(tmp_path)
+    dataset = AudioDataset(d, fields={"speaker": {"rec1-a": 3, "rec1-b": 4}, "tokens": {"rec1-a": [1, 2], "rec1-b": []},
+                                      "text": {"rec1-a": "A", "rec1-b": "ÉB"}})
+    assert dataset.source(1) == ("rec1-b", str(path), (2.0, 2.5))
+    assert dataset.keys == ["rec1-a", "rec1-b"] and dataset.key(0) == "rec1-a"
+    assert [type(v).__name__ for v in vars(dataset).values() if isinstance(v, (list, dict, tuple))] == \
+        ["list", "dict"]  # skipped (empty here) and the field columns; nothing per utterance
+    assert dataset.fields["speaker"][1] == 4 and dataset.fields["tokens"][0].tolist() == [1, 2]
+    assert dataset.fields["tokens"][1].tolist() == [] and dataset.fields["text"][1] == "ÉB"

@@ -4,10 +4,12 @@ Each recipe is copied into a temporary egs/<corpus>/<recipe> beside a link to th
 egs/TEMPLATE, so its data/, downloads/ and exp/ land in tmp_path, not in the working tree.
 """
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import soundfile
 
 from conftest import copy_recipes
 from speechdistill.data.tables import read_table
@@ -63,13 +65,24 @@ def test_librispeech_recipe_stages_0_1_build_the_default_mini_corpora_and_rerun_
     assert _snapshot(recipe) == before
 
 
-def test_voxceleb_recipe_stages_0_1_with_tiny_mini_corpora(tmp_path, repo_root):
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is installed by tools/install_system.sh")
+def test_voxceleb_recipe_stages_0_1_with_tiny_mini_corpora_trains_from_m4a_converted_to_flac(tmp_path, repo_root):
     recipe = _recipe(repo_root, tmp_path, "voxceleb", "oskdft")
-    result = _run(recipe, repo_root, "--stage", "0", "--stop_stage", "1", "--mini_size", "tiny")
+    result = _run(recipe, repo_root, "--stage", "0", "--stop_stage", "1", "--mini_size", "tiny", "--mini_m4a", "true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "VOXCELEB1 and VOXCELEB2 are empty in db.sh: using the embedded mini VoxCeleb" in result.stdout
     for name in ("train", "test", "musan_noise", "musan_music", "musan_speech", "rirs"):
         _validate(recipe, f"data/{name}", "--no-text")
+    # the training speakers came as VoxCeleb2 m4a files and are trained from their FLAC conversions
+    m4a = sorted((recipe / "downloads/mini/VoxCeleb2/dev/aac").rglob("*.m4a"))
+    train = read_table(recipe / "data/train/wav.scp")
+    assert len(m4a) == len(train) > 0
+    flac = recipe.resolve() / "dump" / "flac" / "train"
+    for key, value in train.items():
+        assert key.startswith("id0") and value == str(flac / key.replace(".wav", ".flac"))
+        assert soundfile.info(value).format == "FLAC"
+    counts = read_table(recipe / "data/train/utt2num_samples")
+    assert all(int(counts[key]) == soundfile.info(value).frames for key, value in train.items())
     trials = (recipe / "data/test/trials").read_text().splitlines()
     assert len(trials) == 12 and sum(line.endswith(" target") for line in trials) == 6
     wav = read_table(recipe / "data/test/wav.scp")

@@ -148,3 +148,46 @@ def test_a_damaged_model_directory_is_named(setup, tmp_path):
     (model_dir / "backend.safetensors").unlink()
     with pytest.raises(SvModelError, match="backend.safetensors: not found"):
         load_sv_model(model_dir)
+
+
+def test_a_long_utterance_is_embedded_from_its_start_with_a_message_and_truncated_weights_are_named(setup,
+                                                                                                    tmp_path):
+    """sv_extract --max-seconds 1 on a dir with a 6-s utterance: named in the log and the summary, embedded as
+    its first second alone would be; every utterance gets an embedding; batches stay within --batch-seconds."""
+    import shutil
+
+    import soundfile
+
+    root, _ = setup
+    _, _, model_dir = trained_like_model(root, "fbank")
+    data = tmp_path / "data"
+    write_speaker_data(data, speakers=(4,), utts_per_speaker=3, lengths=[96000, 16000, 12000])
+    head = tmp_path / "head"
+    shutil.copytree(data, head)
+    audio, _ = soundfile.read(str(data / "wav" / "spk04-u00.wav"), dtype="float32")
+    soundfile.write(str(head / "wav" / "spk04-u00.wav"), audio[:16000], 16000, subtype="PCM_16")
+    (head / "utt2num_samples").write_text("spk04-u00 16000\nspk04-u01 16000\nspk04-u02 12000\n")
+    env = {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+
+    def extract(data_dir, out, *extra):
+        return subprocess.run([sys.executable, "-m", "speechdistill.bin.sv_extract", "--model-dir", str(model_dir),
+                               "--data", str(data_dir), "--output-dir", str(out), "--num-workers", "0",
+                               "--batch-seconds", "2", *extra], capture_output=True, text=True, env=env, timeout=300)
+
+    done = extract(data, tmp_path / "emb", "--max-seconds", "1")
+    assert done.returncode == 0, done.stderr
+    assert "wrote 3 embeddings" in done.stderr and "1 longer than --max-seconds embedded from their start" in done.stderr
+    log = (tmp_path / "emb" / "extract.log").read_text()
+    assert "utterance 'spk04-u00' is 6.0 s long: only its first 1 s are used (--max-seconds 1" in log
+    assert "batches of at most 2.0 s" in log
+    reference = extract(head, tmp_path / "ref")
+    assert reference.returncode == 0, reference.stderr
+    cut = kaldiio.load_scp(str(tmp_path / "emb" / "xvector.scp"))
+    whole = kaldiio.load_scp(str(tmp_path / "ref" / "xvector.scp"))
+    np.testing.assert_allclose(cut["spk04-u00"], whole["spk04-u00"], rtol=1e-5, atol=1e-6)
+
+    weights = model_dir / "backend.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # an interrupted copy
+    bad = extract(data, tmp_path / "emb2")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert f"{weights}: cannot read the weights" in bad.stderr and "truncated" in bad.stderr

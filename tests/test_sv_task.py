@@ -3,6 +3,7 @@ parameter groups and learning rates, the 2024 heads loss, separate distillation 
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from test_sv_fixtures import TINY_ECAPA, save_tiny_teacher, write_speaker_data
 
 from speechdistill.config import ConfigError, from_dict
 from speechdistill.data.collate import collate_batch
-from speechdistill.data.dataset import AudioDataset
+from speechdistill.data.dataset import AudioDataset, ItemRef
 from speechdistill.sv.config import SvConfig
 from speechdistill.sv.schedules import cosine_restart_factor, epoch_of_update, kd_lr_factor
 from speechdistill.sv.task import KdInputSource, SvTask, resolve_kd_terms
@@ -248,38 +249,52 @@ def test_separate_kd_inputs_come_from_kd_data_or_the_training_set(files, tmp_pat
     train = AudioDataset(files["train"], max_seconds=1.0)
     kd = AudioDataset(kd_dir, max_seconds=1.0)
     kd_lengths = {5000, 5100, 5200, 5300}
-    generator = torch.Generator().manual_seed(0)
 
-    def lengths_drawn(source, epoch, count=40):
-        _, lengths = source.draw(count, epoch, generator, draw_index=epoch)
-        return set(lengths.tolist())
+    def lengths_drawn(source, epoch, count=40):  # epoch: 1-based pass over the data
+        return {len(source(ItemRef(epoch - 1, b, i))["kd_wav"]) for b in range(count // 4) for i in range(4)}
 
     assert lengths_drawn(KdInputSource(train, kd, None), 1) <= kd_lengths
     assert not lengths_drawn(KdInputSource(train, None, None), 1) & kd_lengths
     assert not lengths_drawn(KdInputSource(train, kd, 1.0), 1) & kd_lengths  # p = epoch / 1 = 1
     mixed = lengths_drawn(KdInputSource(train, kd, 4.0), 2, count=60)  # p = 0.5
     assert mixed & kd_lengths and mixed - kd_lengths
+    # a function of the item's address alone: the same input on any worker and after a resume
+    source = KdInputSource(train, kd, 4.0, seed=3)
+    again = KdInputSource(AudioDataset(files["train"], max_seconds=1.0), AudioDataset(kd_dir, max_seconds=1.0), 4.0,
+                          seed=3)
+    assert np.array_equal(source(ItemRef(1, 5, 2))["kd_wav"], again(ItemRef(1, 5, 2))["kd_wav"])
+    # an unreadable input is replaced by another draw and reported
+    (kd_dir / "wav" / "spk09-u00.wav").unlink()
+    notes = [KdInputSource(train, AudioDataset(kd_dir, max_seconds=1.0), None)(ItemRef(0, b, 0))["kd_note"]
+             for b in range(12)]
+    assert any("spk09-u00" in note and "not found" in note for note in notes)
 
 
-def test_separate_kd_branch_sees_other_utterances_than_the_speaker_branch(files, tmp_path):
+def test_separate_kd_inputs_are_read_with_the_training_items_by_the_dataloader(files, tmp_path):
     kd_dir = write_speaker_data(tmp_path / "kd", speakers=(9,), utts_per_speaker=3, seed=5)
     task, model = make_task(files, tmp_path, kd_input="separate", kd_data=str(kd_dir))
     randomize_adapters(model, 0.1)
     model.eval()
-    batch = batch_of(files)
-    saved = task.generator.get_state()
-    out = task.train_step(model, batch, 0)
-    replay = torch.Generator()
-    replay.set_state(saved)
-    kd_wavs, kd_lengths = task.kd_source.draw(4, 1, replay, draw_index=0)
+    extras = task.item_extras(files["train"])
+    assert extras is task.kd_source and task.item_extras(kd_dir) is None
+    dataset = AudioDataset(files["train"], max_seconds=1.0, extras=extras)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[[ItemRef(0, 0, i) for i in (0, 4, 8, 12)]],
+                                         collate_fn=collate_batch, num_workers=1)
+    batch = next(iter(loader))
+    spk = {f"spk{k:02d}": k for k in range(4)}
+    batch["speaker"] = torch.tensor([spk[key.split("-")[0]] for key in batch["keys"]])
+    kd_wavs, kd_lengths = batch["kd_wav"], batch["kd_wav_lengths"]
+    assert kd_wavs.shape[0] == 4 and kd_wavs.dtype == torch.float32
+    expected_first = extras(ItemRef(0, 0, 0))["kd_wav"]  # what the worker read, read again here
+    assert torch.equal(kd_wavs[0, :len(expected_first)], torch.from_numpy(expected_first))
     assert not torch.equal(kd_wavs[:, :batch["wavs"].shape[1]], batch["wavs"][:, :kd_wavs.shape[1]])
+    out = task.train_step(model, batch, 0)
     with torch.no_grad():
         student = model.student(kd_wavs, kd_lengths, use_adapters=False).hidden_states[4]
         teacher = task.teacher(kd_wavs, kd_lengths)
     valid = torch.arange(student.shape[1])[None, :] < teacher.lengths[:, None]
     expected = (student - teacher.hidden_states[4])[valid].square().mean().item()
     assert out.terms["kd_mse"].item() == pytest.approx(expected, rel=1e-4, abs=1e-12)
-    assert task.draws == 1
 
 
 def test_config_errors_name_the_key(files):

@@ -93,13 +93,24 @@ def test_oskdft_and_frozen_teacher_systems_train_from_a_hugging_face_teacher(fil
         assert frozen(wav, torch.tensor([wav.shape[1]])).shape == (1, 12)
 
 
+def test_separate_distillation_inputs_are_read_by_the_dataloader_workers(files, tmp_path):
+    """OS-KDFT 2024 (kd_input separate): the extra utterances of every step are read with the training items in
+    the DataLoader worker processes, not in the training loop."""
+    train(files, tmp_path / "sep", "--system", "oskdft", "--teacher", str(files / "hf_teacher"), "--max_steps", "2",
+          "--kd_input", "separate", "--kd_data", str(files / "valid"), "--num_workers", "1")
+    log = (tmp_path / "sep" / "train.log").read_text()
+    assert f"distillation inputs: separate crops from {files / 'valid'}, read by the DataLoader workers" in log
+    steps = [r for r in metrics(tmp_path / "sep") if "kd_mse" in r and "step" in r]
+    assert len(steps) == 2 and all(0 < r["kd_mse"] < float("inf") for r in steps)
+
+
 def test_user_errors_are_one_line_without_traceback(files, tmp_path):
     done = train(files, tmp_path / "x", "--system", "oskdft", "--max_steps", "1", check=False)
     assert done.returncode == 1
     assert "config.teacher: system 'oskdft' needs a teacher; pass --teacher PATH" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     done = train(files, tmp_path / "y", "--system", "fbank", "--max_steps", "1", "--ecapa.chanels", "8", check=False)
-    assert done.returncode == 1 and "did you mean 'channels'" in done.stderr
+    assert done.returncode == 1 and "unknown option '--ecapa.chanels'; did you mean '--ecapa.channels'" in done.stderr
 
 
 def test_print_key_resolves_the_config_without_training(tmp_path, capsys):

@@ -296,7 +296,7 @@ def test_command_line_overrides_and_errors(data, tmp_path):
                           "--max_step", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert bad.returncode == 1
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
-    assert "unknown key 'max_step'" in bad.stderr and "did you mean 'max_steps'" in bad.stderr
+    assert "command line: unknown option '--max_step'; did you mean '--max_steps'?" in bad.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -6,7 +6,9 @@
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 tools/install.sh   # a CUDA build
 #
 # Idempotent: when the venv exists, torch is at the wanted version and setup.py has not
-# changed since the last successful install, it returns in about a second.
+# changed since the last successful install, it returns in about a second. System programs
+# (ffmpeg) come from tools/install_system.sh (apt-get when run as root;
+# SPEECHDISTILL_SKIP_SYSTEM=1 skips it).
 set -euo pipefail
 
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -20,6 +22,8 @@ want_stamp() {
     # What the install depends on: torch version and the package metadata.
     echo "torch=${th_version} index=${TORCH_INDEX_URL:-} setup=$(cksum < "${root}/setup.py")"
 }
+
+[ "${SPEECHDISTILL_SKIP_SYSTEM:-0}" = 1 ] || "${tools_dir}/install_system.sh"
 
 if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "$(want_stamp)" ] && [ -x "${venv}/bin/python" ]; then
     echo "tools/install.sh: ${venv} is up to date (torch ${th_version}); nothing to do."

@@ -1,7 +1,9 @@
 """Strict configuration: YAML files and ``--key value`` overrides mapped onto dataclasses.
 
 An unknown key is an error that names the key, where it came from, and the closest valid
-key; a value of the wrong type is an error naming the expected type. Nested dataclasses are
+key; a value of the wrong type (or a number that is NaN or infinite) is an error naming the
+expected type. Keys given on the command line are checked as such: an unknown one is blamed on
+the option, not on the YAML file. Nested dataclasses are
 nested YAML mappings; on the command line they are addressed with dots (``--optim.lr 1e-4``).
 Dashes and underscores in keys are the same (``--max-steps`` == ``--max_steps``).
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -106,6 +109,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, found {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, found {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -204,11 +209,46 @@ def merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def check_fields(cls: type, data: Mapping[str, Any], *, where: str) -> None:
+    """Check a partial mapping of ``cls`` fields (keys known, values of the right type) without
+    building ``cls`` (whose cross-field checks need the complete set); errors name ``where``."""
+    fields = _field_map(cls)
+    for raw_key, value in data.items():
+        key = _norm(str(raw_key))
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{raw_key}'{_suggest(key, fields)} "
+                              f"(valid keys: {', '.join(sorted(fields))})")
+        _coerce(value, _resolve_type(cls, key), f"{where}.{key}")
+
+
+def check_options(cls: type, overrides: Mapping[str, Any], prefix: str = "") -> None:
+    """Check ``--key value`` overrides against ``cls``: every key a field (dotted for nested sections),
+    every value of the field's type; a :class:`ConfigError` names the option."""
+    fields = _field_map(cls)
+    for raw_key, value in overrides.items():
+        key = _norm(str(raw_key))
+        if key not in fields:
+            valid = [f"--{prefix}{name}" for name in sorted(fields)]
+            close = difflib.get_close_matches(f"--{prefix}{key}", valid, n=1, cutoff=0.5)
+            raise ConfigError(f"command line: unknown option '--{prefix}{raw_key}'"
+                              + (f"; did you mean '{close[0]}'?" if close else "")
+                              + " (--help lists every option)")
+        kind = _resolve_type(cls, key)
+        if _is_dataclass_type(kind) and isinstance(value, Mapping):
+            check_options(kind, value, prefix=f"{prefix}{key}.")
+        else:
+            _coerce(value, kind, f"command line: --{prefix}{key}")
+
+
 def load_config(cls: Type[T], path: Optional[Union[str, Path]] = None,
                 overrides: Optional[Mapping[str, Any]] = None) -> T:
-    """Load ``cls`` from an optional YAML file plus overrides (overrides win)."""
+    """Load ``cls`` from an optional YAML file plus overrides (overrides win).
+
+    An unknown or ill-typed override is blamed on its ``--option``; the rest on the file.
+    """
     data = load_yaml(path) if path is not None else {}
     if overrides:
+        check_options(cls, overrides)
         data = merge(data, overrides)
     return from_dict(cls, data, where=str(path) if path is not None else "config")
 

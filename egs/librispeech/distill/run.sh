@@ -79,6 +79,12 @@ with_progress() {
     return "${rc}"
 }
 
+# a wrong --distill_config is reported before stages 0-2 spend hours
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ] && [ ! -f "${distill_config}" ]; then
+    log "error: --distill_config ${distill_config} does not exist. Fix: pick a method preset:" \
+        "$(cd conf && ls ./*.yaml | sed 's|^\./|conf/|' | grep -v -e '^conf/asr_' -e '^conf/augment_' -e '_final.yaml' | paste -sd' ')"
+    exit 1
+fi
 if [ "${ngpu}" = auto ]; then
     ngpu=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 fi
@@ -191,6 +197,8 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     while next=$(python -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("next_stage") or "")' \
                  "${configs[-1]}") && [ -n "${next}" ]; do
         configs+=("$(dirname "${distill_config}")/${next}")
+        [ -f "${configs[-1]}" ] || { log "error: ${configs[-2]} names next_stage: ${next}, but ${configs[-1]} does" \
+            "not exist. Fix: put ${next} beside it or correct next_stage"; exit 1; }
     done
     settings="configs=${configs[*]} $(cat "${configs[@]}" | md5sum | cut -d' ' -f1) args=${distill_args}
 $(paste -sd' ' "${teacher_dir}/.stage2.done") data=data/${train_set},data/${valid_set}"

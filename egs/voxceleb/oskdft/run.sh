@@ -20,6 +20,7 @@ train_sets="vox2_dev"             # real subsets merged into data/train: vox2_de
 eval_sets="vox1_O vox1_E vox1_H"  # real evaluation sets (cleaned trial lists), each data/<set> with trials
 mini_dir=downloads/mini           # where mini corpora are synthesized when db.sh leaves a corpus empty
 mini_size=default                 # default (about 30 min of training speech) or tiny (seconds; tests)
+mini_m4a=false                    # true: the mini training speakers as VoxCeleb2-style m4a (converted to FLAC at prep)
 seed=0                            # seed of the mini corpora
 # stages 2-5: teacher, speaker-verification training, embeddings, scoring
 teacher=                          # stage 2: teacher checkpoint: Hugging Face dir, fairseq .pt, s3prl checkpoint or our model dir
@@ -66,7 +67,7 @@ case "${pretrain_teacher}" in auto | true | false) ;; *)
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     log "stage 0: data -> data/train and evaluation sets with trials (marker: data/.stage0.done)"
     local/data.sh --nj "${nj}" --train_sets "${train_sets}" --eval_sets "${eval_sets}" \
-        --mini_dir "${mini_dir}" --mini_size "${mini_size}" --seed "${seed}"
+        --mini_dir "${mini_dir}" --mini_size "${mini_size}" --mini_m4a "${mini_m4a}" --seed "${seed}"
 fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then

@@ -14,6 +14,12 @@ Output dir::
 
 Utterances without a hypothesis are left out of ``text``: the scorer counts them as all
 deletions and names them.
+
+An utterance longer than ``max_seconds`` (default 300 s) is decoded from its first
+``max_seconds`` only, with a message naming it (in the log and ``decode_info.json``); the batch
+budget is never raised beyond that. A batch that fails (e.g. out of memory) is decoded again one
+utterance at a time, so a failing utterance costs only its own hypothesis; the others are
+always written.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -31,9 +37,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.audio import SAMPLE_RATE
-from ..data.collate import collate_batch
-from ..data.dataset import AudioDataset
-from ..data.sampler import BucketBatchSampler
+from ..data.inference import DEFAULT_MAX_SECONDS, inference_batches, run_each_on_failure
 from ..data.tables import atomic_write_text, write_table
 from ..downstream.ctc_decode import greedy_decode, prefix_beam_search
 from ..train.logs import close_logger, setup_logger
@@ -50,10 +54,13 @@ AUDIO_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} audio-s [{ela
 
 @dataclass
 class DecodeOptions:
-    """How to decode. ``batch_seconds`` is raised to the longest utterance when shorter."""
+    """How to decode. ``batch_seconds`` is raised to ``max_seconds`` when shorter; utterances longer than
+    ``max_seconds`` are decoded from their first ``max_seconds`` (None: whole, however long)."""
 
     beam_size: int = 1
     batch_seconds: float = 200.0
+    max_seconds: Optional[float] = DEFAULT_MAX_SECONDS
+    pipe_timeout: Optional[float] = None
     max_batch_size: Optional[int] = None
     num_workers: int = 1
     device: str = "auto"
@@ -69,6 +76,7 @@ class DecodeResult:
     audio_seconds: float
     seconds: float
     up_to_date: bool = False
+    cut: List[str] = field(default_factory=list)  # utterances decoded from their first max_seconds only
 
 
 def _sha256_file(path: Path) -> str:
@@ -116,15 +124,12 @@ def whole_utterance_batches(data_dir: PathLike, min_samples: int, batch_seconds:
     """Dataset and loader of ``data_dir``'s whole utterances in length order (no crop, no shuffle).
 
     Utterances shorter than ``min_samples`` are left out (``dataset.skipped``); the batch budget
-    is raised to the longest utterance so that every utterance fits.
+    is raised to the longest utterance so that every utterance fits (feature dumps for training
+    need every utterance whole).
     """
-    dataset = AudioDataset(data_dir, max_seconds=None, min_seconds=min_samples / SAMPLE_RATE)
-    budget = max(int(batch_seconds * SAMPLE_RATE), int(dataset.num_samples.max()))
-    sampler = BucketBatchSampler(dataset.num_samples.tolist(), batch_samples=budget, max_batch_size=max_batch_size,
-                                 num_buckets=1, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch,
-                                         num_workers=num_workers, prefetch_factor=2 if num_workers > 0 else None)
-    return dataset, loader
+    data = inference_batches(data_dir, min_samples=min_samples, batch_seconds=batch_seconds, max_seconds=None,
+                             max_batch_size=max_batch_size, num_workers=num_workers)
+    return data.dataset, data.loader
 
 
 def decode_data_dir(asr_model_dir: PathLike, data_dir: PathLike, out_dir: PathLike, *,
@@ -148,13 +153,14 @@ def decode_data_dir(asr_model_dir: PathLike, data_dir: PathLike, out_dir: PathLi
                 "asr_weights_sha256": _sha256_file(asr_model_dir / WEIGHTS_FILE),
                 "upstream": str(Path(upstream_path).resolve()), "data": str(data_dir.resolve()),
                 "data_sha256": data_fingerprint(data_dir), "condition": test_condition.describe(), "seed": seed,
-                "beam_size": options.beam_size}
+                "beam_size": options.beam_size, "max_seconds": options.max_seconds}
     info_path = out_dir / INFO_FILE
     if not force and (out_dir / TEXT_FILE).is_file() and info_path.is_file():
         previous = json.loads(info_path.read_text(encoding="utf-8"))
         if previous.get("settings") == settings:
             return DecodeResult(out_dir, int(previous["num_decoded"]), list(previous["skipped"]),
-                                float(previous["audio_seconds"]), float(previous["seconds"]), up_to_date=True)
+                                float(previous["audio_seconds"]), float(previous["seconds"]), up_to_date=True,
+                                cut=list(previous.get("cut", [])))
     out_dir.mkdir(parents=True, exist_ok=True)
     if info_path.is_file():
         info_path.unlink()  # the old hypotheses no longer match; a crash below must not look finished
@@ -181,34 +187,48 @@ def _decode(model, tokenizer, upstream_path: str, data_dir: Path, out_dir: Path,
                 settings["asr_model"], device, precision,
                 upstream_path, "greedy" if options.beam_size == 1 else f"prefix beam search, beam {options.beam_size}")
 
-    dataset, loader = whole_utterance_batches(data_dir, frozen.min_samples, options.batch_seconds,
-                                              options.max_batch_size, options.num_workers)
+    data = inference_batches(data_dir, min_samples=frozen.min_samples, batch_seconds=options.batch_seconds,
+                             max_seconds=options.max_seconds, max_batch_size=options.max_batch_size,
+                             num_workers=options.num_workers, pipe_timeout=options.pipe_timeout)
+    dataset = data.dataset
+    logger.info("%d utterances in batches of at most %.1f s of padded audio", len(dataset), data.budget_seconds)
     skipped: Dict[str, str] = {key: reason for key, reason in dataset.skipped}
-    total_seconds = float(dataset.num_samples.sum()) / SAMPLE_RATE
+    cut = {key: data.cut_message(key, seconds) for key, seconds in data.cut}
+    for message in cut.values():
+        logger.warning("%s", message)
+    total_seconds = float(dataset.cropped_num_samples.sum()) / SAMPLE_RATE
     hypotheses: Dict[str, str] = {}
     audio_seconds = 0.0
     progress = tqdm(total=total_seconds, unit="audio-s", bar_format=AUDIO_BAR,
                     desc=f"decode {data_dir.name} {condition.name}", dynamic_ncols=True, file=sys.stderr,
                     mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+    def decode(wavs: torch.Tensor, lengths: torch.Tensor, keys: Sequence[str]) -> List[str]:
+        wavs, lengths = wavs.to(device), lengths.to(device)
+        wavs = corrupt_batch(condition, wavs, lengths, keys, seed)
+        states, frame_lengths = frozen(wavs, lengths, layers, autocast(device, precision))
+        with autocast(device, precision):
+            log_probs, frame_lengths = model(states, frame_lengths)
+        log_probs = log_probs.float()
+        if options.beam_size == 1:
+            token_ids = greedy_decode(log_probs, frame_lengths)
+        else:
+            token_ids = prefix_beam_search(log_probs, frame_lengths, beam_size=options.beam_size)
+        return [tokenizer.decode(ids) for ids in token_ids]
+
+    def failed(key: str, reason: str) -> None:
+        skipped[key] = reason
+        logger.warning("no hypothesis for utterance %s: %s", key, reason)
+
     with torch.no_grad():
-        for batch in loader:
+        for batch in data.loader:
             for key, message in batch["failures"]:
                 skipped[key] = f"unreadable: {' '.join(message.split())}"
                 logger.warning("skipping unreadable utterance %s", " ".join(message.split()))
             if not batch["keys"]:
                 continue
-            wavs, lengths = batch["wavs"].to(device), batch["lengths"].to(device)
-            wavs = corrupt_batch(condition, wavs, lengths, batch["keys"], seed)
-            states, frame_lengths = frozen(wavs, lengths, layers, autocast(device, precision))
-            with autocast(device, precision):
-                log_probs, frame_lengths = model(states, frame_lengths)
-            log_probs = log_probs.float()
-            if options.beam_size == 1:
-                token_ids = greedy_decode(log_probs, frame_lengths)
-            else:
-                token_ids = prefix_beam_search(log_probs, frame_lengths, beam_size=options.beam_size)
-            for key, ids in zip(batch["keys"], token_ids):
-                hypotheses[key] = tokenizer.decode(ids)
+            for key, text in run_each_on_failure(batch, decode, failed):
+                hypotheses[key] = text
             audio_seconds += batch["audio_seconds"]
             progress.update(batch["audio_seconds"])
     progress.close()
@@ -222,9 +242,9 @@ def _decode(model, tokenizer, upstream_path: str, data_dir: Path, out_dir: Path,
     logger.info("decoded %d utterances (%.1f s of audio) in %.1f s: %.1f audio-s/s; hypotheses in %s",
                 len(hypotheses), audio_seconds, seconds, audio_seconds / max(seconds, 1e-9), out_dir / TEXT_FILE)
     record = {"settings": settings, "options": asdict(options), "num_decoded": len(hypotheses),
-              "skipped": sorted(skipped), "audio_seconds": audio_seconds, "seconds": seconds}
+              "skipped": sorted(skipped), "cut": sorted(cut), "audio_seconds": audio_seconds, "seconds": seconds}
     atomic_write_text(out_dir / INFO_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
-    return DecodeResult(out_dir, len(hypotheses), sorted(skipped), audio_seconds, seconds)
+    return DecodeResult(out_dir, len(hypotheses), sorted(skipped), audio_seconds, seconds, cut=sorted(cut))
 
 
 __all__: Sequence[str] = ["DecodeOptions", "DecodeResult", "corrupt_batch", "decode_data_dir", "utterance_generator",

@@ -132,7 +132,7 @@ def read_asr_model_info(model_dir: PathLike) -> AsrModelInfo:
 
 def load_asr_model(model_dir: PathLike) -> Tuple[AsrModel, Tokenizer, AsrModelInfo]:
     """Load an ASR model dir: the model (eval mode, CPU), its tokenizer and the recorded info."""
-    from safetensors.torch import load_file
+    from ..models.checkpoints import read_safetensors
 
     model_dir = Path(model_dir)
     info = read_asr_model_info(model_dir)
@@ -146,7 +146,7 @@ def load_asr_model(model_dir: PathLike) -> Tuple[AsrModel, Tokenizer, AsrModelIn
     if not weights_path.is_file():
         raise AsrModelError(f"{weights_path}: not found; the model dir is incomplete. Fix: rerun asr_train")
     try:
-        model.load_state_dict(load_file(str(weights_path)), strict=True)
+        model.load_state_dict(read_safetensors(weights_path), strict=True)
     except RuntimeError as exc:
         raise AsrModelError(f"{weights_path}: weights do not match {CONFIG_FILE} "
                             f"({' '.join(str(exc).split())[:300]})") from None

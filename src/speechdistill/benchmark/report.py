@@ -127,6 +127,20 @@ def format_report(result: Dict[str, Any]) -> str:
             lines.append(f"| {label} | {pipeline[f'{key}_real_time_per_core']:.0f} | {pipeline[f'{key}_real_time']:.0f} |")
         lines.append("")
 
+    loader = result.get("data_loader")
+    if loader:
+        speed, memory = loader["throughput"], loader["worker_memory"]
+        lines.append(f"5. DataLoader as the trainer runs it ({speed['workers']} worker processes, FLAC crops of "
+                     f"{speed['crop_seconds']:g} s, {speed['batches']} batches) and one forked worker's memory")
+        lines.append("")
+        lines.append("| measure | value |")
+        lines.append("|---|---:|")
+        lines.append(f"| audio-s / s delivered | {speed['audio_seconds_per_second']:.0f} |")
+        lines.append(f"| worker private memory growth after touching all {memory['utterances']:,} items | "
+                     f"{memory['growth_mb']:.1f} MiB |")
+        lines.append(f"| index build time ({memory['utterances']:,} utterances) | {memory['load_seconds']:.1f} s |")
+        lines.append("")
+
     summary = result.get("precision")
     if summary:
         agrees = summary.get("trainer_auto_is_fastest")

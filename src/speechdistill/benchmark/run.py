@@ -12,6 +12,11 @@
    s3prl-style eager DistilHuBERT step (:mod:`.eager_baseline`) on the same utterances.
 4. ``data_pipeline``: FLAC decode + crop + collate and noise + reverb on one thread
    (``speechdistill.bin.bench_augment``'s measurement), as multiples of real time per CPU-second.
+5. ``data_loader``: the trainer's input path through a DataLoader with 2 worker processes on FLAC
+   crops (audio-seconds per second), and the private memory one forked worker gains by touching
+   every item of a 1,000,000-utterance data dir (:mod:`.data_loader`).
+
+``sections`` picks a subset; the compute sections (1-3) bring the peak (0) with them.
 
 Timed calls of compared things are interleaved and every figure is a median (:mod:`.measure`).
 A reduced precision the device only emulates (bf16 on a CPU without AMX / AVX512-BF16) is ~5-10x
@@ -78,6 +83,10 @@ class Sizes:
     pipeline_batches: int = 20
     pipeline_batch_size: int = 16
     pipeline_crop_seconds: float = 4.0
+    loader_workers: int = 2
+    loader_batches: int = 30
+    loader_batch_seconds: float = 64.0
+    index_utterances: int = 1_000_000
 
     @classmethod
     def for_device(cls, device: torch.device, quick: bool) -> "Sizes":
@@ -86,7 +95,8 @@ class Sizes:
                        teacher_seconds=1.0, student_batch=1, student_seconds=1.0, step_seconds=(1.0, 0.8),
                        step_budget_seconds=2.0, baseline_batch_size=2, step_repeats=2, baseline_repeats=2,
                        pipeline_batches=2,
-                       pipeline_batch_size=4, pipeline_crop_seconds=1.0)
+                       pipeline_batch_size=4, pipeline_crop_seconds=1.0, loader_batches=3, loader_batch_seconds=8.0,
+                       index_utterances=20_000)
         if device.type == "cuda":
             # Batches of the size the recipes train with (s3prl: 24 x 15.6 s crops).
             crops = tuple(15.6 - 0.25 * i for i in range(24))
@@ -108,6 +118,23 @@ class BenchmarkOptions:
     compile: bool = False
     sizes: Optional[Sizes] = None
     work_dir: Optional[Path] = None  # scratch space (teachers, data); a temporary directory when None
+    sections: Optional[List[str]] = None  # None: every section
+
+
+SECTIONS = ("peak", "teacher_forward", "student_forward", "distill_step", "data_pipeline", "data_loader")
+
+
+def resolve_sections(names: Optional[Sequence[str]]) -> List[str]:
+    """The sections to run, in order; the compute sections need the peak, which is added."""
+    if not names:
+        return list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise BenchmarkError(f"--section {', '.join(unknown)}: unknown; sections: {', '.join(SECTIONS)}")
+    wanted = set(names)
+    if wanted & {"teacher_forward", "student_forward", "distill_step"}:
+        wanted.add("peak")
+    return [n for n in SECTIONS if n in wanted]
 
 
 def _dtype_name(dtype: Optional[torch.dtype]) -> str:
@@ -207,18 +234,22 @@ class Progress:
 
 
 def planned_runs(sizes: Sizes, plan: PrecisionPlan, students: Sequence[str], methods: Sequence[str],
-                 peer: bool, peak_kernels: int = 1) -> int:
+                 peer: bool, peak_kernels: int = 1, sections: Sequence[str] = SECTIONS) -> int:
     per = sizes.warmup + sizes.repeats
     step_per = sizes.warmup + sizes.step_repeats
     reduced = 1 if plan.reduced != "fp32" else 0
     fast = 2 if plan.fast != "fp32" else 1
-    total = per * len(plan.peak_precisions) * peak_kernels  # matmul
-    total += per * (1 + (1 if peer else 0)) + (per if plan.native else 1) * reduced  # teacher
-    total += per * fast * (len(students) + 1)  # students + teacher reference
+    runs = {"peak": per * len(plan.peak_precisions) * peak_kernels,  # matmul
+            "teacher_forward": per * (1 + (1 if peer else 0)) + (per if plan.native else 1) * reduced,
+            "student_forward": per * fast * (len(students) + 1),  # students + teacher reference
+            "distill_step": 0,
+            "data_pipeline": 2,  # warm-up batch + timed batches
+            "data_loader": 2}  # throughput, worker memory
     baseline_per = sizes.warmup + sizes.baseline_repeats
     for method in methods:
-        total += (baseline_per if method == BASELINE_METHOD else step_per) * (fast + (1 if method == BASELINE_METHOD else 0))
-    return total + 2  # data pipeline: warm-up batch + timed batches
+        runs["distill_step"] += ((baseline_per if method == BASELINE_METHOD else step_per)
+                                 * (fast + (1 if method == BASELINE_METHOD else 0)))
+    return sum(runs[name] for name in sections)
 
 
 class KeepLast:
@@ -492,6 +523,31 @@ def pipeline_section(sizes: Sizes, data_dirs: Dict[str, Path], progress: Progres
     return result
 
 
+def data_loader_section(sizes: Sizes, data_dirs: Dict[str, Path], work_dir: Path, progress: Progress
+                        ) -> Dict[str, Any]:
+    import shutil
+
+    from .data_loader import loader_throughput, worker_memory_growth, write_index_dir
+
+    progress.section("data loader")
+    throughput = loader_throughput(data_dirs["data"], workers=sizes.loader_workers,
+                                   crop_seconds=sizes.pipeline_crop_seconds, batch_seconds=sizes.loader_batch_seconds,
+                                   batches=sizes.loader_batches)
+    progress.tick()
+    log.info("DataLoader, %d workers, FLAC crops of %g s: %.0f audio-s/s (%d batches)", throughput["workers"],
+             throughput["crop_seconds"], throughput["audio_seconds_per_second"], throughput["batches"])
+    progress.section(f"worker memory, {sizes.index_utterances:,}-utterance dir")
+    index_dir = write_index_dir(work_dir / "index", sizes.index_utterances)
+    try:
+        memory = worker_memory_growth(index_dir)
+    finally:
+        shutil.rmtree(index_dir, ignore_errors=True)
+    progress.tick()
+    log.info("one DataLoader worker after touching every item of a %d-utterance dir: +%.1f MiB private memory "
+             "(index built in %.1f s)", memory["utterances"], memory["growth_mb"], memory["load_seconds"])
+    return {"throughput": throughput, "worker_memory": memory}
+
+
 # ---------------------------------------------------------------------------------------- targets
 TARGETS = {
     "teacher_fp32_time_over_transformers": ("<=", 1.0),
@@ -499,6 +555,7 @@ TARGETS = {
     "distilhubert_step_speedup_over_eager_baseline": (">=", 2.5),
     "decode_crop_collate_real_time_per_core": (">=", 300.0),
     "noise_reverb_real_time_per_core": (">=", 300.0),
+    "worker_memory_growth_mb_1m_utterances": ("<=", 50.0),
 }
 
 
@@ -514,6 +571,9 @@ def evaluate_targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     pipeline = result.get("data_pipeline") or {}
     values["decode_crop_collate_real_time_per_core"] = pipeline.get("decode_crop_collate_real_time_per_core")
     values["noise_reverb_real_time_per_core"] = pipeline.get("noise_reverb_real_time_per_core")
+    memory = (result.get("data_loader") or {}).get("worker_memory") or {}
+    if memory.get("utterances", 0) >= 1_000_000:  # the bound is for a dir of that size
+        values["worker_memory_growth_mb_1m_utterances"] = memory["growth_mb"]
     # What the device allows, measured in the same run, next to the ratios that depend on it.
     context: Dict[str, str] = {}
     peak_ratio = (result.get("peak") or {}).get("bf16_over_fp32")
@@ -539,6 +599,7 @@ def run_benchmark(options: BenchmarkOptions, *, show_progress: bool = True) -> D
     device = _resolve_device(options.device)
     plan = _plan_precisions(options.precision, device)
     students, methods = _select(options.presets)
+    sections = resolve_sections(options.sections)
     sizes = options.sizes or Sizes.for_device(device, options.quick)
     if options.threads is not None:
         if options.threads < 1:
@@ -551,11 +612,13 @@ def run_benchmark(options: BenchmarkOptions, *, show_progress: bool = True) -> D
     result: Dict[str, Any] = {"meta": _meta(device, plan, sizes, options)}
     peer = transformers_version() is not None
     progress = Progress(planned_runs(sizes, plan, students, methods, peer,
-                                     peak_kernels=len(matmul_kernel_names(device))),
+                                     peak_kernels=len(matmul_kernel_names(device)), sections=sections),
                         enabled=show_progress)
     section_seconds: Dict[str, float] = {}
 
     def timed(name: str, section: Callable[[], Dict[str, Any]]) -> None:
+        if name not in sections:
+            return
         begin = time.perf_counter()
         result[name] = section()
         section_seconds[name] = time.perf_counter() - begin
@@ -567,13 +630,14 @@ def run_benchmark(options: BenchmarkOptions, *, show_progress: bool = True) -> D
             from ..bin.bench_augment import make_bench_data
             data_dirs = make_bench_data(work_dir / "pipeline")
             timed("peak", lambda: peak_section(device, plan, sizes, progress))
-            peaks = result["peak"]["flops"]
+            peaks = result["peak"]["flops"] if "peak" in result else {}
             timed("teacher_forward", lambda: teacher_section(device, plan, sizes, peaks, progress))
             timed("student_forward", lambda: student_section(device, plan, sizes, students, progress))
             corruption = {"noise": data_dirs["noise"], "rirs": data_dirs["rirs"]}
             timed("distill_step", lambda: step_section(device, plan, sizes, methods, peaks, work_dir, corruption,
                                                        options.compile, progress))
             timed("data_pipeline", lambda: pipeline_section(sizes, data_dirs, progress))
+            timed("data_loader", lambda: data_loader_section(sizes, data_dirs, work_dir, progress))
     finally:
         progress.close()
     result["precision"] = _precision_summary(device, options.precision, plan, result)

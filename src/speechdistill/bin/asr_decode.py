@@ -4,7 +4,9 @@ r"""Decode a data dir with an ASR model dir: batched greedy or CTC prefix beam s
         --output-dir exp/asr_x/decode_greedy/test/snr10 --condition snr10 --noise-data data/musan_noise
 
 Writes ``<output-dir>/text`` (Kaldi text of hypotheses), ``decode_info.json``, ``decode.log`` and
-``skipped_utts.txt``; progress shows audio-seconds per second. A rerun with the same model,
+``skipped_utts.txt``; progress shows audio-seconds per second. An utterance longer than
+``--max-seconds`` is decoded from its first part, named in the log; one that fails (e.g. out of
+memory) is listed in ``skipped_utts.txt`` and every other hypothesis is still written. A rerun with the same model,
 data, condition, seed and beam does nothing (``--force`` decodes again).
 
 Test conditions (``--condition``): ``clean``; ``snr<N>`` adds noise at N dB SNR over each
@@ -37,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the test-condition corruption")
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy; more = CTC prefix beam search")
     parser.add_argument("--batch-seconds", type=float, default=200.0,
-                        help="seconds of padded audio per batch (raised to the longest utterance)")
+                        help="seconds of padded audio per batch (raised to --max-seconds when smaller)")
+    parser.add_argument("--max-seconds", type=float, default=300.0,
+                        help="an utterance longer than this is decoded from its first MAX seconds, with a message "
+                             "naming it (default 300; 0 = whole utterances, however long)")
+    parser.add_argument("--pipe-timeout", type=float, default=None, metavar="SECONDS",
+                        help="a wav.scp command running longer is killed and its utterance skipped (default: "
+                             "$SPEECHDISTILL_PIPE_TIMEOUT or 120; 0 = no limit)")
     parser.add_argument("--max-batch-size", type=int, default=None, help="cap on utterances per batch")
     parser.add_argument("--num-workers", type=int, default=1, help="audio loading processes (0 = in this process)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -53,6 +61,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from speechdistill.asr.decode import DecodeOptions, decode_data_dir
 
     options = DecodeOptions(beam_size=args.beam_size, batch_seconds=args.batch_seconds,
+                            max_seconds=args.max_seconds if args.max_seconds and args.max_seconds > 0 else None,
+                            pipe_timeout=args.pipe_timeout,
                             max_batch_size=args.max_batch_size, num_workers=args.num_workers, device=args.device,
                             precision=args.precision, threads=args.threads)
     try:
@@ -60,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  condition=args.condition, seed=args.seed,
                                  noise_dirs=[args.noise_data] if args.noise_data else [],
                                  rir_dirs=[args.rir_data] if args.rir_data else [], options=options, force=args.force)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"asr_decode: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     if result.up_to_date:
@@ -68,7 +78,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         print(f"asr_decode: decoded {result.num_decoded} utterances of {args.data} ({args.condition}) in "
               f"{result.seconds:.1f} s ({result.audio_seconds / max(result.seconds, 1e-9):.1f} audio-s/s) -> "
-              f"{result.out_dir}/text" + (f"; {len(result.skipped)} without hypothesis" if result.skipped else ""))
+              f"{result.out_dir}/text" + (f"; {len(result.skipped)} without hypothesis" if result.skipped else "")
+              + (f"; {len(result.cut)} longer than --max-seconds decoded from their start (see decode.log)"
+                 if result.cut else ""))
     return 0
 
 

@@ -11,7 +11,10 @@ student preset's forward as a ratio of our teacher's; 3. one distillation update
 forward + student forward/backward + AdamW) of every method preset in fp32 and in the fastest
 precision (the trainer's --precision auto), plus an s3prl-style eager DistilHuBERT step (fp32,
 eager attention, fixed-count padded batches) on the same utterances; 4. FLAC decode + crop +
-collate and noise + reverb on one thread, as multiples of real time per CPU-second.
+collate and noise + reverb on one thread, as multiples of real time per CPU-second; 5. the
+trainer's DataLoader with 2 worker processes on FLAC crops (audio-s/s) and the private memory a
+forked worker gains by touching every item of a 1,000,000-utterance data dir. --section picks
+some of them (e.g. --section data_loader).
 
 Every figure is the median of --repeats runs after warm-up, with the compared runs interleaved,
 so ratios hold on a busy machine; absolute figures need a quiet one (the load average is
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per figure (default 3, and 2 for the steps of the method presets other "
                              "than distilhubert; 5 on cuda)")
+    parser.add_argument("--section", action="append", default=None, metavar="NAME",
+                        help="only this section (repeatable): peak, teacher_forward, student_forward, distill_step, "
+                             "data_pipeline, data_loader (default: all)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the student model of the distillation steps (GPU; slow to start)")
     return parser
@@ -76,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             sizes = dataclasses.replace(sizes, repeats=args.repeats, step_repeats=args.repeats,
                                         baseline_repeats=args.repeats)
         options = BenchmarkOptions(device=args.device, precision=args.precision, presets=args.preset,
-                                   quick=args.quick, threads=args.threads, compile=args.compile, sizes=sizes)
+                                   quick=args.quick, threads=args.threads, compile=args.compile, sizes=sizes,
+                                   sections=args.section)
         logging.getLogger("speechdistill.benchmark").info("command: %s", " ".join(sys.argv))
         result = run_benchmark(options)
         result["meta"]["command"] = " ".join(sys.argv)

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--asr-exp", "--asr_exp", dest="asr_exp", action="append", default=[], metavar="ROW=DIR",
                         help=f"ASR experiment of a row ({', '.join(ROWS)}); repeat per row")
     parser.add_argument("--method", default="", help="title of the table (default: the distill exp name)")
+    parser.add_argument("--max-seconds", "--max_seconds", dest="max_seconds", type=float, default=20.0,
+                        help="the held-out similarity uses at most the first MAX seconds of each utterance, naming "
+                             "each longer one in the log (default 20; 0 = whole utterances)")
     parser.add_argument("--speed-repeats", "--speed_repeats", dest="speed_repeats", type=int, default=3,
                         help="timed forward passes per model (default 3)")
     return parser
@@ -55,7 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     path = write_report(teacher=args.teacher, student=args.student, random_student=args.random_student,
                         distill_exp=args.distill_exp, data_dir=args.data, out_dir=args.out, asr_exps=asr_exps,
-                        method=args.method, speed_repeats=args.speed_repeats)
+                        method=args.method, speed_repeats=args.speed_repeats,
+                        max_seconds=args.max_seconds if args.max_seconds > 0 else None)
     sys.stdout.write(path.read_text())
     print(f"distill_report: wrote {path}", file=sys.stderr)
     return 0

@@ -5,7 +5,8 @@
         --size tiny --librispeech.train_minutes 2
 
 Writes <out-dir>/{LibriSpeech,VoxCeleb1,musan,RIRS_NOISES} in the real layouts (read them with
-prep_librispeech, prep_voxceleb, prep_musan, prep_rirs). Deterministic from --seed: the same
+prep_librispeech, prep_voxceleb, prep_musan, prep_rirs); --corpora voxceleb2 also writes the
+VoxCeleb1 dev speakers as <out-dir>/VoxCeleb2/dev/aac/.../*.m4a (needs ffmpeg). Deterministic from --seed: the same
 settings give the same files whatever --nj. A corpus that exists with the same settings is
 kept; with other settings it is rebuilt. Sizes: --size default|tiny, then --config YAML
 (keys as below), then dotted overrides, e.g. --voxceleb.train_speakers 50:
@@ -27,14 +28,15 @@ from typing import List, Optional
 
 from speechdistill.config import from_dict, load_yaml, merge, parse_overrides, to_dict
 from speechdistill.corpora.common import run_cli, setup_logging
-from speechdistill.corpora.synth import CORPORA, MiniCorporaConfig, make_mini_corpora
+from speechdistill.corpora.synth import CORPORA, OPTIONAL_CORPORA, MiniCorporaConfig, make_mini_corpora
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m speechdistill.bin.make_mini_corpora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", "--out_dir", dest="out_dir", required=True, help="where the corpora are written")
-    parser.add_argument("--corpora", nargs="+", choices=CORPORA, default=list(CORPORA), help="which to build")
+    parser.add_argument("--corpora", nargs="+", choices=CORPORA + OPTIONAL_CORPORA, default=list(CORPORA),
+                        help=f"which to build (default: {' '.join(CORPORA)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=("default", "tiny"), default="default",
                         help="default: ~30 min of training speech per speech corpus; tiny: seconds (tests)")

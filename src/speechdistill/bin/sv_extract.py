@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="length of a TTA segment in seconds (default 3)")
     parser.add_argument("--batch-seconds", "--batch_seconds", dest="batch_seconds", type=float, default=120.0,
                         help="padded audio per batch in seconds (default 120)")
+    parser.add_argument("--max-seconds", "--max_seconds", dest="max_seconds", type=float, default=300.0,
+                        help="an utterance longer than this is embedded from its first MAX seconds, with a message "
+                             "naming it (default 300; 0 = whole utterances, however long)")
+    parser.add_argument("--pipe-timeout", "--pipe_timeout", dest="pipe_timeout", type=float, default=None,
+                        metavar="SECONDS", help="a wav.scp command running longer is killed and its utterance "
+                                                "skipped (default: $SPEECHDISTILL_PIPE_TIMEOUT or 120; 0 = no limit)")
     parser.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=1,
                         help="audio loading processes (default 1; 0 = in this process)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
@@ -53,7 +59,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         options = ExtractOptions(batch_seconds=args.batch_seconds, tta_segments=args.tta_segments,
-                                 segment_seconds=args.segment_seconds, num_workers=args.num_workers)
+                                 segment_seconds=args.segment_seconds, num_workers=args.num_workers,
+                                 max_seconds=args.max_seconds if args.max_seconds > 0 else None,
+                                 pipe_timeout=args.pipe_timeout)
         options.validate()
         device = resolve_device(args.device)
         precision = resolve_precision(args.precision, device)
@@ -70,7 +78,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"sv_extract: wrote {result.num_utts} embeddings to {result.scp} in {result.seconds:.1f} s "
           f"({result.audio_seconds / max(result.seconds, 1e-9):.1f} audio-s/s, {precision})"
           + (f"; {len(result.skipped)} utterance(s) skipped, listed in {result.scp.parent / 'skipped_utts.txt'}"
-             if result.skipped else ""), file=sys.stderr)
+             if result.skipped else "")
+          + (f"; {len(result.cut)} longer than --max-seconds embedded from their start (see extract.log)"
+             if result.cut else ""), file=sys.stderr)
     return 0
 
 

@@ -310,7 +310,8 @@ def parse_bool(text: str) -> bool:
 
 def add_prep_options(parser) -> None:
     """--nj, --verify and --log, shared by the corpus prep entry points."""
-    parser.add_argument("--nj", type=int, default=2, help="parallel processes probing audio (default: 2)")
+    parser.add_argument("--nj", type=int, default=2,
+                        help="parallel processes probing audio (and ffmpeg conversions of m4a; default: 2)")
     parser.add_argument("--verify", choices=VERIFY_MODES, default="tail",
                         help="how much of each file to decode: header only, header + last 4096 samples "
                              "(catches truncated files; default), or everything")

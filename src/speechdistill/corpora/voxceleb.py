@@ -9,7 +9,14 @@ change when the m4a files are converted to wav. Speaker ids all have the same le
 Layouts read (the zips unpack to any of these):
 ``<root>/{dev,test}/wav/<spk>/<video>/<n>.wav`` (VoxCeleb1), ``<root>/{dev,test}/aac/<spk>/<video>/<n>.m4a``
 (VoxCeleb2; converted ``.wav`` files there are used as they are), or the same without the
-``dev``/``test`` level. m4a audio is read through ``ffmpeg -v 8 -i X -f wav -acodec pcm_s16le - |``.
+``dev``/``test`` level.
+
+m4a audio is converted once to 16 kHz mono FLAC (``m4a="flac"``, the default) under
+``flac_dir/<spk>/<video>/<n>.flac`` by ``nj`` ffmpeg processes (:mod:`.convert`: resumable, a
+file ffmpeg cannot read is listed in ``bad_utts`` with the reason); ``wav.scp`` names the FLAC
+files and ``utt2num_samples`` comes from their headers. ``m4a="pipe"`` instead reads every m4a
+through ``ffmpeg -v 8 -i X -f wav -acodec pcm_s16le - |`` (no disk space, but every read decodes
+the whole file).
 """
 from __future__ import annotations
 
@@ -17,16 +24,26 @@ import logging
 import re
 import shlex
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from speechdistill.data.tables import byte_key
 
-from .common import CorpusError, PrepResult, Utterance, check_key, finish_prep, probe_all, resolve_dir, skip_if_done
+from .common import (CorpusError, PrepResult, Probe, Utterance, check_key, finish_prep, probe_all, resolve_dir,
+                     skip_if_done)
+from .convert import ConversionJob, convert_to_flac
 
 logger = logging.getLogger("speechdistill.corpora")
 
 _SPEAKER = re.compile(r"^id[0-9]+$")
 TRIAL_URL = "https://www.robots.ox.ac.uk/~vgg/data/voxceleb/meta/"
+M4A_MODES = ("flac", "pipe")
+
+
+def default_flac_dir(out_dir: Union[str, Path]) -> Path:
+    """Where converted FLAC files go by default: ``dump/flac/<name>`` beside the data dir's parent
+    (``data/train`` -> ``dump/flac/train``), outside the data dir, which a rerun replaces."""
+    out = Path(out_dir)
+    return out.parent.parent / "dump" / "flac" / out.name
 
 
 def ffmpeg_pipe(path: str) -> str:
@@ -64,7 +81,8 @@ def _audio_roots(root: Path, subsets: Sequence[str]) -> List[Path]:
 
 
 def scan_voxceleb(root: Path, subsets: Sequence[str]) -> List[Utterance]:
-    """Utterances under ``root`` for ``subsets``; files named twice (wav and m4a) keep the wav."""
+    """Utterances under ``root`` for ``subsets`` (``wav``: the audio file's path, .wav or .m4a); files
+    named twice (wav and m4a) keep the wav."""
     chosen: Dict[str, Utterance] = {}
     for base in _audio_roots(root, subsets):
         for spk_dir in sorted(p for p in base.iterdir() if p.is_dir()):
@@ -77,19 +95,20 @@ def scan_voxceleb(root: Path, subsets: Sequence[str]) -> List[Utterance]:
                         continue
                     key = f"{spk_dir.name}/{video_dir.name}/{audio.stem}.wav"
                     check_key(key, str(audio))
-                    wav = str(audio) if audio.suffix == ".wav" else ffmpeg_pipe(str(audio))
                     if key in chosen and audio.suffix == ".m4a":
                         continue
-                    chosen[key] = Utterance(key, wav, spk_dir.name)
+                    chosen[key] = Utterance(key, str(audio), spk_dir.name)
     return [chosen[k] for k in sorted(chosen, key=byte_key)]
 
 
 def prepare_voxceleb(corpus_dir: str, subsets: Sequence[str], out_dir: str, *, nj: int = 1,
-                     verify: str = "tail", trials_file: Optional[str] = None, trial_utts_only: bool = False
-                     ) -> PrepResult:
+                     verify: str = "tail", trials_file: Optional[str] = None, trial_utts_only: bool = False,
+                     m4a: str = "flac", flac_dir: Optional[str] = None) -> PrepResult:
     """Prepare the ``subsets`` (``dev``, ``test``) of a VoxCeleb1 or VoxCeleb2 root as one data dir.
 
-    Writes ``wav.scp``, ``utt2spk``, ``spk2utt``, ``utt2num_samples`` and ``bad_utts``. With
+    Writes ``wav.scp``, ``utt2spk``, ``spk2utt``, ``utt2num_samples`` and ``bad_utts``. m4a files
+    are converted to FLAC under ``flac_dir`` (default :func:`default_flac_dir`), or read through
+    ffmpeg pipes with ``m4a="pipe"`` (see the module docstring). With
     ``trials_file`` (official ``1 a b`` or Kaldi ``a b target`` lines) it also writes ``trials``
     (``enroll test target|nontarget``); a trial naming an utterance that is absent or
     unreadable is dropped and listed with the reason in ``bad_trials``. ``trial_utts_only`` keeps
@@ -98,8 +117,13 @@ def prepare_voxceleb(corpus_dir: str, subsets: Sequence[str], out_dir: str, *, n
     root = resolve_dir(corpus_dir, "VoxCeleb directory", "point at the directory holding dev/ and test/")
     if not subsets:
         raise CorpusError("no VoxCeleb subset given. Fix: name dev and/or test")
+    if m4a not in M4A_MODES:
+        raise CorpusError(f"m4a mode '{m4a}' is unknown. Fix: use flac (convert once) or pipe (decode on every read)")
     out = Path(out_dir)
-    settings = {"corpus": str(root), "subsets": list(subsets), "verify": verify, "kind": "voxceleb"}
+    flac_root = Path(flac_dir) if flac_dir else default_flac_dir(out)
+    settings = {"corpus": str(root), "subsets": list(subsets), "verify": verify, "kind": "voxceleb", "m4a": m4a}
+    if m4a == "flac":
+        settings["flac_dir"] = str(flac_root.resolve())
     trials = None
     if trials_file is not None:
         trials_path = Path(trials_file)
@@ -121,7 +145,10 @@ def prepare_voxceleb(corpus_dir: str, subsets: Sequence[str], out_dir: str, *, n
         utterances = [u for u in utterances if u.key in named]
     logger.info("%s (%s): %d utterances of %d speakers", root, " ".join(subsets), len(utterances),
                 len({u.speaker for u in utterances}))
-    probes = probe_all([(u.key, u.wav) for u in utterances], nj=nj, verify=verify, desc=f"probe {out.name}")
+    conversion_failures = _m4a_sources(utterances, m4a, flac_root, nj, out)
+    probes = probe_all([(u.key, u.wav) for u in utterances if u.key not in conversion_failures], nj=nj, verify=verify,
+                       desc=f"probe {out.name}")
+    probes += [Probe(key, error=error) for key, error in conversion_failures.items()]
     reasons = {p.key: p.error for p in probes if p.error is not None}
 
     def trial_files(kept: Set[str]) -> Tuple[Dict[str, str], Dict[str, int]]:
@@ -149,6 +176,28 @@ def prepare_voxceleb(corpus_dir: str, subsets: Sequence[str], out_dir: str, *, n
                 {"trials": len(kept_trials), "target_trials": targets, "dropped_trials": len(dropped)})
 
     return finish_prep(out, utterances, probes, settings=settings, extra_files=trial_files)
+
+
+def _m4a_sources(utterances: List[Utterance], mode: str, flac_root: Path, nj: int, out: Path) -> Dict[str, str]:
+    """Point the m4a utterances at their FLAC conversion (or an ffmpeg pipe); returns key -> why it failed."""
+    m4a = [u for u in utterances if u.wav.endswith(".m4a")]
+    if not m4a:
+        return {}
+    if mode == "pipe":
+        for utterance in m4a:
+            utterance.wav = ffmpeg_pipe(utterance.wav)
+        return {}
+    root = flac_root.resolve()
+    logger.info("%s: converting %d m4a files to 16 kHz FLAC under %s (%d ffmpeg processes; a rerun converts only "
+                "what is missing)", out, len(m4a), root, nj)
+    jobs = [ConversionJob(u.key, u.wav, str(root / (u.key[:-len(".wav")] + ".flac"))) for u in m4a]
+    failures = {}
+    for utterance, result in zip(m4a, convert_to_flac(jobs, nj=nj, desc=f"m4a -> flac {out.name}")):
+        if result.error is not None:
+            failures[utterance.key] = result.error
+        else:
+            utterance.wav = result.target
+    return failures
 
 
 def read_trials(path: Path) -> List[Tuple[str, str, str]]:

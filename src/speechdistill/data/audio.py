@@ -8,12 +8,24 @@ The three ``wav.scp`` value forms (conventions §1.3) are supported:
 
 Integer PCM is scaled to [-1, 1). A sample rate other than the expected one is an error
 naming the key and file, unless ``resample=True`` was asked for. Multi-channel audio is an
-error unless ``mix_channels=True`` (then channels are averaged).
+error unless ``mix_channels=True`` (then channels are averaged). The trainers and decoders
+read 16 kHz mono only: their messages tell how to convert a corpus, not these switches.
+
+A plain file can be read in part (``offset``/``num_samples``): only that window is decoded,
+after a seek, so a 1-s training crop of a 5-hour FLAC costs one second of decoding. A file
+holding fewer samples than its header declares (cut while copying) is an error saying both
+numbers, never a silently short read.
+
+A pipe command that has not finished after the pipe timeout (``pipe_timeout`` seconds, else
+``$SPEECHDISTILL_PIPE_TIMEOUT``, else 120 s; 0 = no limit) is killed with everything it
+started, and the read fails with the key, the command and the reason.
 """
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +39,10 @@ from .tables import DataDirError
 
 SAMPLE_RATE = 16000
 _ARK_OFFSET = re.compile(r":[0-9]+$")
+DEFAULT_PIPE_TIMEOUT = 120.0
+PIPE_TIMEOUT_ENV = "SPEECHDISTILL_PIPE_TIMEOUT"
+CONVERT_HINT = ("convert the corpus to 16 kHz mono (e.g. wav.scp entries 'sox FILE -r 16000 -c 1 -t wav - |' or "
+                "'ffmpeg -v 8 -i FILE -ar 16000 -ac 1 -f wav - |'); training and decoding read 16 kHz mono audio")
 
 
 class AudioError(DataDirError):
@@ -47,21 +63,62 @@ def _describe(key: Optional[str], value: str) -> str:
     return (f"utterance '{key}' " if key else "") + f"({value})"
 
 
+def pipe_timeout_seconds(timeout: Optional[float] = None) -> Optional[float]:
+    """Seconds a wav.scp command may run: ``timeout`` when given, else ``$SPEECHDISTILL_PIPE_TIMEOUT``,
+    else 120; a value <= 0 means no limit (returns None)."""
+    if timeout is None:
+        raw = os.environ.get(PIPE_TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_PIPE_TIMEOUT
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise AudioError(f"{PIPE_TIMEOUT_ENV}='{raw}' is not a number of seconds. Fix: set it to e.g. 300, "
+                             "or 0 for no limit") from None
+    return float(timeout) if timeout > 0 else None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the command's process group and reap it; a descendant that left the group and still holds
+    the pipes is not waited for."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+        proc.wait()
+
+
 def _run_pipe(command: str, key: Optional[str], timeout: Optional[float]) -> bytes:
     cmd = command.rstrip()[:-1].strip()
+    limit = pipe_timeout_seconds(timeout)
+    # its own process group: on a timeout everything the command started is killed, not only bash
+    # (a 'sleep; cat' child would otherwise keep the pipe open and the read waiting)
+    proc = subprocess.Popen(["bash", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
     try:
-        proc = subprocess.run(["bash", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=timeout, check=False)
+        stdout, stderr = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
-        raise AudioError(f"{_describe(key, command)}: pipe command timed out after {timeout} s") from None
+        _kill_group(proc)
+        raise AudioError(f"{_describe(key, command)}: the wav.scp command did not finish within {limit:g} s (pipe "
+                         f"timeout); killed it and skipped the utterance. Fix: run '{cmd}' by hand to see why it "
+                         f"hangs (an unreachable mount, a prompt), or raise the limit (pipe_timeout, or "
+                         f"{PIPE_TIMEOUT_ENV}=SECONDS; 0 = no limit)") from None
+    except BaseException:
+        _kill_group(proc)
+        raise
     if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        err = stderr.decode("utf-8", "replace").strip().splitlines()
         tail = "; ".join(err[-3:]) if err else "no stderr"
         raise AudioError(f"{_describe(key, command)}: pipe command exited with code {proc.returncode} ({tail}). "
                          "Fix: run the command by hand; check that the program is installed and the file exists")
-    if not proc.stdout:
+    if not stdout:
         raise AudioError(f"{_describe(key, command)}: pipe command produced no output")
-    return proc.stdout
+    return stdout
 
 
 def _decode_streamed_wav(data: bytes) -> Tuple[np.ndarray, int]:
@@ -115,6 +172,47 @@ def _existing_audio_file(value: str, key: Optional[str]) -> Path:
     return path
 
 
+def _declared_wav_frames(path: Path) -> Optional[int]:
+    """Samples per channel the RIFF header of a WAV file declares (data chunk size / block size).
+
+    None for other formats and for streamed WAVs whose size field is 0 or 0xFFFFFFFF. libsndfile
+    clamps its count to the bytes present, so only this tells that a WAV was cut short.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block = 0
+        for _ in range(64):  # the data chunk comes after fmt and a few metadata chunks
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                fmt = handle.read(16)
+                if len(fmt) < 16:
+                    return None
+                block = struct.unpack("<H", fmt[12:14])[0]
+                handle.seek(size - 16 + (size & 1), os.SEEK_CUR)
+            elif chunk_id == b"data":
+                return size // block if block and size not in (0, 0xFFFFFFFF) else None
+            else:
+                handle.seek(size + (size & 1), os.SEEK_CUR)
+    return None
+
+
+def _truncated(key: Optional[str], value: str, declared: int, holds: int, verb: str = "holds") -> AudioError:
+    return AudioError(f"{_describe(key, value)}: truncated: the header says {declared} samples, the file {verb} "
+                      f"{holds}. Fix: copy the file again from the corpus, or remove the utterance from wav.scp and "
+                      "run utils/fix_data_dir.sh")
+
+
+def _check_declared_length(path: Path, frames: int, key: Optional[str], value: str) -> None:
+    declared = _declared_wav_frames(path)
+    if declared is not None and declared > frames:
+        raise _truncated(key, value, declared, frames)
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """What a recording holds: ``num_samples`` per channel at ``sample_rate`` Hz in ``channels``."""
@@ -144,6 +242,7 @@ def probe_audio(value: str, *, key: Optional[str] = None, read_entire_file: bool
         except Exception as exc:  # libsndfile raises several types for unreadable headers
             raise AudioError(f"{_describe(key, value)}: cannot read the audio header: {exc}. "
                              "Fix: check the file is intact (e.g. 'flac -t FILE' or 'soxi FILE')") from None
+        _check_declared_length(path, int(info.frames), key, value)
         # Streamed files (e.g. a FLAC written to a pipe) may leave the length field at 0.
         if info.frames > 0:
             return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
@@ -176,6 +275,7 @@ def load_rxfilename(value: str, *, key: Optional[str] = None, pipe_timeout: Opti
         else:
             path = _existing_audio_file(value, key)
             samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+            _check_declared_length(path, samples.shape[0], key, value)
     except AudioError:
         raise
     except Exception as exc:  # soundfile / kaldiio raise many types for corrupt input
@@ -206,19 +306,80 @@ def resampled_length(num_samples: int, orig_rate: int, new_rate: int) -> int:
     return -(-num_samples * new_rate // orig_rate)
 
 
+def _channel_error(key: Optional[str], value: str, channels: int) -> AudioError:
+    return AudioError(f"{_describe(key, value)}: audio has {channels} channels, expected mono. Fix: {CONVERT_HINT} "
+                      "(or select a channel: 'sox FILE -t wav - remix 1 |')")
+
+
+def _rate_error(key: Optional[str], value: str, rate: int, sample_rate: int) -> AudioError:
+    hint = CONVERT_HINT.replace("16000", str(sample_rate)).replace("16 kHz", f"{sample_rate / 1000:g} kHz")
+    return AudioError(f"{_describe(key, value)}: sample rate is {rate} Hz, expected {sample_rate} Hz. Fix: {hint}")
+
+
+def _read_file_window(value: str, key: Optional[str], sample_rate: int, segment: Optional[Tuple[float, float]],
+                      offset: int, num_samples: Optional[int], mix_channels: bool, resample: bool
+                      ) -> Optional[np.ndarray]:
+    """Samples ``[offset, offset + num_samples)`` of a plain file's utterance, decoding only those.
+
+    None when the file is at another rate and resampling was asked for (the caller decodes it whole).
+    """
+    path = _existing_audio_file(value, key)
+    try:
+        handle = soundfile.SoundFile(str(path))
+    except Exception as exc:  # libsndfile: unreadable header
+        raise AudioError(f"{_describe(key, value)}: cannot decode audio: {exc}. "
+                         "Fix: check the file is intact (e.g. 'flac -t FILE' or 'soxi FILE')") from None
+    with handle:
+        rate, channels, frames = int(handle.samplerate), int(handle.channels), int(handle.frames)
+        if rate != sample_rate:
+            if resample:
+                return None
+            raise _rate_error(key, value, rate, sample_rate)
+        if channels > 1 and not mix_channels:
+            raise _channel_error(key, value, channels)
+        _check_declared_length(path, frames, key, value)
+        first, last = (0, frames) if segment is None else segment_bounds(frames, rate, segment, key=key, value=value)
+        start = min(first + offset, last)
+        stop = last if num_samples is None else min(last, start + num_samples)
+        try:
+            if start:
+                handle.seek(start)
+            samples = handle.read(stop - start, dtype="float32", always_2d=True)
+        except Exception as exc:  # libsndfile: a seek or decode into missing or damaged data
+            raise AudioError(f"{_describe(key, value)}: truncated or damaged: the header says {frames} samples; "
+                             f"decoding from sample {start} failed ({' '.join(str(exc).split())}). Fix: copy the "
+                             "file again from the corpus, or remove the utterance from wav.scp and run "
+                             "utils/fix_data_dir.sh") from None
+    if samples.shape[0] < stop - start:
+        raise _truncated(key, value, frames, start + samples.shape[0], verb="decodes only")
+    if frames == 0:
+        raise AudioError(f"{_describe(key, value)}: audio has no samples")
+    mono = samples.mean(axis=1) if channels > 1 else samples[:, 0]
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
 def read_audio(value: str, *, key: Optional[str] = None, sample_rate: int = SAMPLE_RATE,
                resample: bool = False, mix_channels: bool = False,
-               segment: Optional[Tuple[float, float]] = None, pipe_timeout: Optional[float] = None) -> np.ndarray:
+               segment: Optional[Tuple[float, float]] = None, pipe_timeout: Optional[float] = None,
+               offset: int = 0, num_samples: Optional[int] = None) -> np.ndarray:
     """Read one wav.scp value as float32 mono ``[T]`` samples at ``sample_rate`` Hz.
 
     ``segment`` is (start, end) in seconds (a ``segments`` line); ``end`` <= 0 means "to the end".
+    ``offset`` and ``num_samples`` (samples at ``sample_rate``, counted from the start of the
+    utterance) return only that window, shorter where the utterance ends first; None = to the end.
+    A plain file at ``sample_rate`` is decoded only over the window (a seek); pipes, archive
+    entries and resampled files are decoded whole and then cut.
     """
+    if offset < 0 or (num_samples is not None and num_samples < 0):
+        raise ValueError(f"read_audio: offset and num_samples must be >= 0, got {offset} and {num_samples}")
+    if rxfilename_kind(value) == "path":
+        window = _read_file_window(value, key, sample_rate, segment, offset, num_samples, mix_channels, resample)
+        if window is not None:
+            return window
     samples, rate = load_rxfilename(value, key=key, pipe_timeout=pipe_timeout)
     if samples.shape[1] > 1:
         if not mix_channels:
-            raise AudioError(f"{_describe(key, value)}: audio has {samples.shape[1]} channels, expected mono. "
-                             "Fix: make wav.scp a pipe that selects a channel ('sox FILE -t wav -c 1 - remix 1 |') "
-                             "or ask for mix_channels")
+            raise _channel_error(key, value, samples.shape[1])
         mono = samples.mean(axis=1)
     else:
         mono = samples[:, 0]
@@ -227,10 +388,10 @@ def read_audio(value: str, *, key: Optional[str] = None, sample_rate: int = SAMP
         mono = mono[first:last]
     if rate != sample_rate:
         if not resample:
-            raise AudioError(f"{_describe(key, value)}: sample rate is {rate} Hz, expected {sample_rate} Hz. "
-                             f"Fix: resample the corpus (e.g. a 'sox FILE -r {sample_rate} -t wav - |' pipe in "
-                             "wav.scp) or ask for resampling (resample=True / --resample true)")
+            raise _rate_error(key, value, rate, sample_rate)
         from .resample import resample as _resample
 
         mono = _resample(mono, rate, sample_rate)
+    if offset or num_samples is not None:
+        mono = mono[offset:] if num_samples is None else mono[offset:offset + num_samples]
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -14,22 +14,31 @@ sampler before any audio is read); ``segments`` is used when present. Utterances
 ``min_seconds`` are left out and listed in :attr:`AudioDataset.skipped`. Audio that cannot be
 read at training time does not stop the run: the item comes back as a :class:`LoadFailure`,
 which the collate function drops and reports.
+
+A crop is read, not cut: its offset is drawn from the ``utt2num_samples`` count, and only that
+window of a plain file is decoded (pipes and archive entries are decoded whole). Audio shorter
+than its count fails with both numbers. The index (keys, audio sources, segments, lengths,
+fields) lives in flat numpy arrays (:mod:`speechdistill.data.flat`), which forked DataLoader
+workers share with the training process instead of copying.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, AudioError, read_audio
+from .flat import FlatColumn, FlatStrings
 from .tables import DataDirError, format_error, read_table
 
 
 # Names the batch dict already uses (see speechdistill.data.collate); extra fields may not take them.
 RESERVED_FIELDS = frozenset({"key", "wav", "ref", "wavs", "lengths", "keys", "position", "padding_fraction",
                              "audio_seconds", "failures", "item_failed"})
+# (ref) -> more values for the item, computed where the item is read (in a DataLoader worker)
+ItemExtras = Callable[["ItemRef"], Dict[str, Any]]
 
 
 class ItemRef(NamedTuple):
@@ -70,9 +79,16 @@ class AudioDataset(torch.utils.data.Dataset):
         seed: seed of the crop generator (combined with the epoch and the utterance index).
         fields: extra per-utterance values a task adds to every item, ``{name: {utt_id: value}}``
             (e.g. token ids or a speaker index); every kept utterance must have every field.
+        pipe_timeout: seconds a ``wav.scp`` command may run before it is killed and the item
+            fails (None: ``$SPEECHDISTILL_PIPE_TIMEOUT`` or 120 s; <= 0: no limit).
+        extras: ``extras(ref) -> {name: value}`` adds values computed when the item is read
+            (in the DataLoader worker), e.g. a second crop from another data set.
+        random_crop: crop at a random offset (training); ``False`` keeps the first ``max_seconds``
+            of a longer utterance (inference).
 
     Attributes:
-        keys: utterance ids kept, in data-dir order; ``index`` in an :class:`ItemRef` points here.
+        keys: utterance ids kept, in data-dir order; ``index`` in an :class:`ItemRef` points here
+            (a list built on each access: use :meth:`key` for one).
         num_samples: ``[N]`` int64 lengths from ``utt2num_samples`` (samples).
         cropped_num_samples: ``[N]`` int64 lengths after cropping (samples); what a batch holds.
         skipped: ``(utt_id, reason)`` for every utterance left out at construction.
@@ -81,7 +97,8 @@ class AudioDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir: Union[str, Path], *, max_seconds: Optional[float] = None,
                  min_seconds: float = 0.0, seed: int = 0,
                  fields: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 sample_rate: int = SAMPLE_RATE) -> None:
+                 sample_rate: int = SAMPLE_RATE, pipe_timeout: Optional[float] = None,
+                 extras: Optional[ItemExtras] = None, random_crop: bool = True) -> None:
         self.data_dir = Path(data_dir)
         if not self.data_dir.is_dir():
             raise DataDirError(format_error(self.data_dir, "data directory not found",
@@ -92,10 +109,14 @@ class AudioDataset(torch.utils.data.Dataset):
             raise ValueError(f"seed must be a non-negative integer, found {seed}")
         self.sample_rate = sample_rate
         self.seed = seed
+        self.pipe_timeout = pipe_timeout
+        self.extras = extras
+        self.random_crop = random_crop
         self.max_samples = None if max_seconds is None else max(1, int(round(max_seconds * sample_rate)))
         min_samples = int(round(min_seconds * sample_rate))
 
-        wav_scp = read_table(self.data_dir / "wav.scp")
+        wav_path = self.data_dir / "wav.scp"
+        wav_scp = read_table(wav_path)
         segments_path = self.data_dir / "segments"
         segments: Dict[str, Tuple[str, float, float]] = {}
         if segments_path.is_file():
@@ -108,6 +129,11 @@ class AudioDataset(torch.utils.data.Dataset):
             utterances = list(segments)
         else:
             utterances = list(wav_scp)
+        if not utterances:
+            empty = segments_path if segments_path.is_file() else wav_path
+            raise DataDirError(format_error(empty, "is empty: the data dir has no utterances",
+                                            fix=f"rerun the data preparation stage that writes {self.data_dir}, or "
+                                                f"point to another data dir"))
 
         counts_path = self.data_dir / "utt2num_samples"
         if not counts_path.is_file():
@@ -117,8 +143,7 @@ class AudioDataset(torch.utils.data.Dataset):
                 fix="write '<utt-id> <number of samples>' per utterance (the data preparation stages do; "
                     "speechdistill.data.lengths.compute_lengths measures a data dir)"))
         counts_table = read_table(counts_path, nfields=2)
-        self.keys: List[str] = []
-        self._sources: List[Tuple[str, Optional[Tuple[float, float]]]] = []
+        keys: List[str] = []
         lengths: List[int] = []
         self.skipped: List[Tuple[str, str]] = []
         for utt in utterances:
@@ -129,58 +154,97 @@ class AudioDataset(torch.utils.data.Dataset):
             if count < max(min_samples, 1):
                 self.skipped.append((utt, f"too-short: {count / sample_rate:.3f} s < min_seconds {min_seconds:g}"))
                 continue
-            if utt in segments:
-                reco, start, end = segments[utt]
-                self._sources.append((wav_scp[reco], (start, end)))
-            else:
-                self._sources.append((wav_scp[utt], None))
-            self.keys.append(utt)
+            keys.append(utt)
             lengths.append(count)
-        if not self.keys:
+        del counts_table
+        if not keys:
             raise DataDirError(format_error(self.data_dir, f"no utterance is at least min_seconds={min_seconds:g} s "
                                             f"long ({len(self.skipped)} skipped)",
                                             fix="lower min_seconds or check utt2num_samples"))
+        self._keys = FlatStrings(keys)
+        if segments:
+            recordings = list(dict.fromkeys(segments[utt][0] for utt in keys))
+            number = {reco: i for i, reco in enumerate(recordings)}
+            self._recording = np.fromiter((number[segments[utt][0]] for utt in keys), dtype=np.int64, count=len(keys))
+            self._segment = np.array([segments[utt][1:] for utt in keys], dtype=np.float64).reshape(len(keys), 2)
+            self._sources = FlatStrings([wav_scp[reco] for reco in recordings])
+        else:
+            self._recording = None
+            self._segment = None
+            self._sources = FlatStrings([wav_scp[utt] for utt in keys])
+        del wav_scp, segments
         self.num_samples = torch.tensor(lengths, dtype=torch.int64)
         self.cropped_num_samples = (self.num_samples if self.max_samples is None
                                     else self.num_samples.clamp(max=self.max_samples))
 
-        self.fields: Dict[str, Dict[str, Any]] = {}
+        self.fields: Dict[str, FlatColumn] = {}
         for name, table in (fields or {}).items():
             if name in RESERVED_FIELDS or name.endswith("_lengths"):
                 raise ValueError(f"a task's per-utterance field may not be called '{name}': the batch uses that "
                                  f"name (reserved: {', '.join(sorted(RESERVED_FIELDS))}, '*_lengths')")
-            missing = [utt for utt in self.keys if utt not in table]
+            missing = [utt for utt in keys if utt not in table]
             if missing:
                 raise DataDirError(format_error(self.data_dir, f"field '{name}' has no value for {len(missing)} "
                                                 f"utterance(s), e.g. '{missing[0]}'",
                                                 fix="make the task's per-utterance table cover the data dir "
                                                     "(or run utils/fix_data_dir.sh)"))
-            self.fields[name] = {utt: table[utt] for utt in self.keys}
+            self.fields[name] = FlatColumn([table[utt] for utt in keys])
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._keys)
+
+    @property
+    def keys(self) -> List[str]:
+        return self._keys.tolist()
+
+    def key(self, index: int) -> str:
+        """Utterance id of item ``index``."""
+        return self._keys[index]
+
+    def source(self, index: int) -> Tuple[str, str, Optional[Tuple[float, float]]]:
+        """``(utt_id, wav.scp value, (start, end) seconds or None)`` of item ``index``."""
+        if self._recording is None:
+            return self._keys[index], self._sources[index], None
+        start, end = self._segment[index]
+        return self._keys[index], self._sources[int(self._recording[index])], (float(start), float(end))
 
     def crop_start(self, epoch: int, index: int, length: int) -> int:
-        """First sample of the crop of utterance ``index`` in ``epoch`` given its true ``length`` (samples)."""
-        if self.max_samples is None or length <= self.max_samples:
+        """First sample of the crop of utterance ``index`` in ``epoch`` given its ``length`` (samples)."""
+        if self.max_samples is None or length <= self.max_samples or not self.random_crop:
             return 0
         generator = np.random.default_rng((self.seed, epoch, index))
         return int(generator.integers(0, length - self.max_samples + 1))
 
+    def read(self, index: int, epoch: int = 0) -> np.ndarray:
+        """The crop of item ``index`` in ``epoch`` as float32 ``[T]`` samples (raises :class:`AudioError`).
+
+        Only the crop is decoded from a plain file; audio shorter than its ``utt2num_samples``
+        count is an error naming both numbers.
+        """
+        key, value, segment = self.source(index)
+        length = int(self.num_samples[index])
+        start = self.crop_start(epoch, index, length)
+        wanted = length - start if self.max_samples is None else min(self.max_samples, length - start)
+        wav = read_audio(value, key=key, sample_rate=self.sample_rate, segment=segment,
+                         pipe_timeout=self.pipe_timeout, offset=start, num_samples=wanted)
+        if len(wav) < wanted:
+            raise AudioError(f"utterance '{key}' ({value}): utt2num_samples says {length} samples, the audio holds "
+                             f"{start + len(wav)}. Fix: measure the lengths again "
+                             f"(utils/get_utt2num_samples.sh {self.data_dir})")
+        return wav
+
     def __getitem__(self, ref: Union[ItemRef, int]) -> Union[Dict[str, Any], LoadFailure]:
-        """Returns ``{"key", "wav": float32 [T] samples, "ref", **fields}`` or a :class:`LoadFailure`."""
+        """Returns ``{"key", "wav": float32 [T] samples, "ref", **fields, **extras}`` or a :class:`LoadFailure`."""
         if not isinstance(ref, ItemRef):
             ref = ItemRef(0, 0, int(ref))
-        key = self.keys[ref.index]
-        value, segment = self._sources[ref.index]
+        key = self._keys[ref.index]
         try:
-            wav = read_audio(value, key=key, sample_rate=self.sample_rate, segment=segment)
+            wav = self.read(ref.index, ref.epoch)
         except (AudioError, OSError) as exc:
             return LoadFailure(key, str(exc), ref)
-        start = self.crop_start(ref.epoch, ref.index, len(wav))
-        if self.max_samples is not None:
-            wav = wav[start:start + self.max_samples]
-        item: Dict[str, Any] = {"key": key, "wav": np.ascontiguousarray(wav), "ref": ref}
-        for name, table in self.fields.items():
-            item[name] = table[key]
+        item: Dict[str, Any] = {"key": key, "wav": wav, "ref": ref}
+        for name, column in self.fields.items():
+            item[name] = column[ref.index]
+        if self.extras is not None:
+            item.update(self.extras(ref))
         return item

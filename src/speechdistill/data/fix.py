@@ -2,8 +2,8 @@
 
 What it does, in order:
 
-1. reads every known file leniently and repairs what can be repaired mechanically: sorts it in
-   C-locale byte order, keeps the first line of a repeated key, adds a missing final newline,
+1. reads every known file leniently and repairs what can be repaired mechanically: removes a
+   leading UTF-8 byte-order mark, sorts it in C-locale byte order, keeps the first line of a repeated key, adds a missing final newline,
    strips CR line endings, drops empty and malformed lines (each repair is reported);
 2. with a ``segments`` file, keeps the recordings present in both ``segments`` and ``wav.scp``;
 3. keeps the utterances present in ``utt2spk`` and in every one of ``feats.scp``, ``text``,
@@ -66,6 +66,8 @@ def _repair(path: Path, name: str, notes: List[str]) -> Dict[str, str]:
     """Read one table leniently and return it sorted, unique and well-formed, noting each repair."""
     scan = scan_table(path)
     rel = f"{path.parent.name}/{name}"
+    if scan.byte_order_mark:
+        notes.append(f"{rel}: removed the UTF-8 byte-order mark (BOM) at its start")
     if scan.crlf_lines:
         notes.append(f"{rel}: removed CR line endings ({len(scan.crlf_lines)} line(s))")
     if scan.empty_lines:

@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from .audio import SAMPLE_RATE, AudioError, AudioInfo, probe_audio, resampled_length, segment_bounds
+from .audio import CONVERT_HINT, SAMPLE_RATE, AudioError, AudioInfo, probe_audio, resampled_length, segment_bounds
 from .datadir import DataDir, parse_segment
 
 logger = logging.getLogger("speechdistill.data")
@@ -84,8 +84,8 @@ def utterance_num_samples(info: AudioInfo, *, value: str, segment: Optional[str]
     sample rate without ``resample``, a segment starting after the recording ends, no samples.
     """
     if info.channels != 1:
-        raise AudioError(f"{value}: audio has {info.channels} channels, expected mono. Fix: select a channel in "
-                         "wav.scp with a pipe ('sox FILE -t wav -c 1 - remix 1 |')")
+        raise AudioError(f"{value}: audio has {info.channels} channels, expected mono. Fix: {CONVERT_HINT} (or "
+                         "select a channel: 'sox FILE -t wav - remix 1 |')")
     count = info.num_samples
     if segment is not None:
         _, start, end = parse_segment(segment)
@@ -93,9 +93,8 @@ def utterance_num_samples(info: AudioInfo, *, value: str, segment: Optional[str]
         count = last - first
     if info.sample_rate != sample_rate:
         if not resample:
-            raise AudioError(f"{value}: sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz. Fix: resample "
-                             f"the corpus (e.g. a 'sox FILE -r {sample_rate} -t wav - |' pipe in wav.scp) or ask for "
-                             "resampling (--resample true)")
+            raise AudioError(f"{value}: sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz. Fix: "
+                             f"{CONVERT_HINT}")
         count = resampled_length(count, info.sample_rate, sample_rate)
     if count <= 0:
         raise AudioError(f"{value}: the utterance has no samples")

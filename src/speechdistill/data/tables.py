@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 PathLike = Union[str, os.PathLike]
 _WHITESPACE = re.compile(r"\s")
+BOM = "\ufeff"  # a UTF-8 byte-order mark (bytes EF BB BF), as some editors write at the start of a file
 
 
 class DataDirError(ValueError):
@@ -44,6 +45,14 @@ def format_error(path: PathLike, problem: str, *, line: Optional[int] = None, ke
     return msg
 
 
+def bom_problem(path: PathLike) -> str:
+    """The error for a table that starts with a byte-order mark (it would become part of the first key)."""
+    return format_error(path, "starts with a UTF-8 byte-order mark (BOM, bytes EF BB BF), which Kaldi tools read as "
+                              "part of the first key", line=1,
+                        fix=f"utils/fix_data_dir.sh {Path(path).parent} removes it (keeping every line), or "
+                            f"sed -i '1s/^\\xEF\\xBB\\xBF//' {path}")
+
+
 def parse_table_lines(path: PathLike, raw: bytes) -> List[Tuple[int, str, str]]:
     """Split raw bytes into (line_number, key, value) triples without judging order.
 
@@ -51,6 +60,8 @@ def parse_table_lines(path: PathLike, raw: bytes) -> List[Tuple[int, str, str]]:
     whitespace, as Kaldi does. Empty lines and lines without a value are errors.
     """
     text = decode_utf8(path, raw)
+    if text.startswith(BOM):
+        raise DataDirError(bom_problem(path))
     if text and not text.endswith("\n"):
         raise DataDirError(format_error(path, "missing newline at the end of the last line",
                                         line=text.count("\n") + 1, fix="append a final newline"))
@@ -86,6 +97,7 @@ class TableScan:
     path: Path
     lines: List[TableLine]
     missing_final_newline: bool = False
+    byte_order_mark: bool = False  # the file started with a BOM, removed from the first line here
     empty_lines: List[int] = field(default_factory=list)
     crlf_lines: List[int] = field(default_factory=list)
 
@@ -132,13 +144,16 @@ def scan_table(path: PathLike) -> TableScan:
     """Read every non-empty line of a table leniently (order, duplicates, CR and final newline noted).
 
     Raises :class:`DataDirError` only for what cannot be read at all: a missing file or bytes
-    that are not UTF-8.
+    that are not UTF-8. A leading byte-order mark is noted and left out of the first key.
     """
     path = Path(path)
     if not path.is_file():
         raise DataDirError(format_error(path, "file not found", fix="create it or point to the right data dir"))
     text = decode_utf8(path, path.read_bytes())
-    scan = TableScan(path=path, lines=[], missing_final_newline=bool(text) and not text.endswith("\n"))
+    bom = text.startswith(BOM)
+    text = text[len(BOM):] if bom else text
+    scan = TableScan(path=path, lines=[], missing_final_newline=bool(text) and not text.endswith("\n"),
+                     byte_order_mark=bom)
     pieces = text.split("\n")
     if not scan.missing_final_newline:
         pieces.pop()  # the empty piece after the final newline is not a line
@@ -161,7 +176,7 @@ def read_table(path: PathLike, *, allow_empty_value: bool = False, nfields: Opti
                check_sorted: bool = True) -> Dict[str, str]:
     """Read a ``<key> <value>`` table into an ordered dict (file order).
 
-    Raises :class:`DataDirError` on a missing file, a missing final newline, an empty line or
+    Raises :class:`DataDirError` on a missing file, a leading byte-order mark, a missing final newline, an empty line or
     value, a wrong number of fields (when ``nfields`` is given, counting the key), a duplicate
     key, or (with ``check_sorted``) keys out of C-locale byte order.
     """

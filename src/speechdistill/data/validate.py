@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .datadir import (FIELD_COUNTS, FIX_HINT, DataDir, parse_segment, spk2utt_to_utt2spk, utt2spk_to_spk2utt,
                       wav_fingerprint)
-from .tables import DataDirError, PathLike, TableScan, format_error, scan_table
+from .tables import DataDirError, PathLike, TableScan, bom_problem, format_error, scan_table
 
 logger = logging.getLogger("speechdistill.data")
 
@@ -128,6 +128,8 @@ class _Validator:
             return None
         self.scans[name] = scan
         fix_cmd = f"utils/fix_data_dir.sh {self.path}"
+        if scan.byte_order_mark:
+            self.report.problems.append(bom_problem(self.path / name))
         if not scan.lines:
             self.problem(name, "is empty", fix=fix or "remove it, or regenerate it")
         if scan.missing_final_newline:

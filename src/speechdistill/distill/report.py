@@ -32,7 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ..config import load_config
-from ..data.tables import atomic_write_text, read_table
+from ..data.tables import atomic_write_text
 from ..train.logs import _save_figure, read_metrics
 
 PathLike = Union[str, os.PathLike]
@@ -116,33 +116,24 @@ def profile_upstreams(paths: Mapping[str, PathLike], *, seconds: float = 10.0, r
 
 def _batches(data_dir: Path, batch_seconds: float, max_seconds: Optional[float]
              ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """Whole utterances of ``data_dir`` (cut at ``max_seconds``), sorted by length, padded into batches
-    of at most ``batch_seconds`` of padded audio: ``[(wavs [B, T], lengths [B])]``."""
-    from ..data.audio import SAMPLE_RATE, read_audio
+    """Whole utterances of ``data_dir`` (read up to ``max_seconds``, each longer one named in the log),
+    sorted by length, padded into batches of at most ``batch_seconds`` of padded audio (at least one
+    utterance): ``[(wavs [B, T], lengths [B])]``. Unreadable utterances are named and left out."""
+    from ..data.inference import inference_batches
 
-    wav_scp = read_table(data_dir / "wav.scp")
-    audio = []
-    for key, value in wav_scp.items():
-        samples = read_audio(value, key=key)
-        if max_seconds:
-            samples = samples[: int(max_seconds * SAMPLE_RATE)]
-        audio.append(torch.from_numpy(samples.copy()))
-    audio.sort(key=len)
-    batches, current = [], []
-    for wav in audio:
-        if current and len(wav) * (len(current) + 1) > batch_seconds * SAMPLE_RATE:
-            batches.append(current)
-            current = []
-        current.append(wav)
-    if current:
-        batches.append(current)
+    data = inference_batches(data_dir, min_samples=1, batch_seconds=batch_seconds, max_seconds=max_seconds,
+                             num_workers=0)
+    for key, seconds in data.cut:
+        log.info("held-out similarity: %s", data.cut_message(key, seconds))
     out = []
-    for group in batches:
-        lengths = torch.tensor([len(w) for w in group])
-        wavs = torch.zeros(len(group), int(lengths.max()))
-        for i, w in enumerate(group):
-            wavs[i, : len(w)] = w
-        out.append((wavs, lengths))
+    for batch in data.loader:
+        for key, message in batch["failures"]:
+            log.warning("held-out similarity: skipping unreadable utterance %s: %s", key, " ".join(message.split()))
+        if batch["keys"]:
+            out.append((batch["wavs"], batch["lengths"]))
+    if not out:
+        raise ReportError(f"{data_dir}: no utterance could be read for the held-out similarity (see the warnings "
+                          "above)")
     return out
 
 
@@ -362,11 +353,12 @@ def results_markdown(rows: Sequence[UpstreamRow], *, method: str, data_dir: str,
 
 def write_report(*, teacher: PathLike, student: PathLike, random_student: PathLike, distill_exp: PathLike,
                  data_dir: PathLike, out_dir: PathLike, asr_exps: Mapping[str, Optional[PathLike]],
-                 method: str = "", speed_repeats: int = 3) -> Path:
+                 method: str = "", speed_repeats: int = 3, max_seconds: Optional[float] = 20.0) -> Path:
     """Measure, plot and write ``<out_dir>/RESULTS.md``; returns its path.
 
     ``asr_exps`` maps ``teacher`` / ``student`` / ``random student`` to their stage-4/5 dirs
-    (None or a missing dir: no WER for that row).
+    (None or a missing dir: no WER for that row). ``max_seconds``: the held-out similarity uses
+    at most the first ``max_seconds`` of each utterance (None: all of it).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -384,7 +376,7 @@ def write_report(*, teacher: PathLike, student: PathLike, random_student: PathLi
         row.params, row.macs_per_second, row.audio_sec_per_sec = params, macs, speed
     log.info("held-out cosine similarity on %s", data_dir)
     kind, cosine = held_out_similarity(distill_exp, {"student": student, "random student": random_student}, teacher,
-                                       data_dir)
+                                       data_dir, max_seconds=max_seconds)
     test_name = None
     for row in rows:
         row.cosine = cosine.get(row.name, {})

@@ -221,6 +221,10 @@ def read_scores(path: PathLike) -> Dict[Tuple[str, str], Tuple[float, Optional[b
             value = float(fields[2])
         except ValueError:
             raise TrialsError(f"{path}:{number}: the score '{fields[2]}' is not a number") from None
+        if not np.isfinite(value):
+            raise TrialsError(f"{path}:{number}: trial '{fields[0]} {fields[1]}' has the score '{fields[2]}', which "
+                              "is not a finite number. Fix: the embedding of one of the two utterances is NaN or "
+                              "infinite (check the embeddings or the scoring that wrote this file, and score again)")
         label: Optional[bool] = None
         if len(fields) >= 4:
             if fields[3] not in (TARGET, NONTARGET):

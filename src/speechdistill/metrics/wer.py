@@ -340,9 +340,19 @@ def read_transcripts(path: Union[str, Path]) -> Dict[str, str]:
 
 
 def score_files(ref_path: Union[str, Path], hyp_path: Union[str, Path], unit: str = "word") -> ErrorReport:
-    """Read two Kaldi ``text`` files and score them; an empty reference file is an error."""
+    """Read two Kaldi ``text`` files and score them; an empty reference or hypothesis file, or two files
+    without a common utterance id, is an error (a WER of 100 % would hide a wrong file)."""
     refs = read_transcripts(ref_path)
     if not refs:
         raise ScoringError(f"{ref_path}: the reference has no utterances. Fix: point --ref to the 'text' file of "
                            f"the test set")
-    return score(refs, read_transcripts(hyp_path), unit)
+    hyps = read_transcripts(hyp_path)
+    if not hyps:
+        raise ScoringError(f"{hyp_path}: the hypothesis file is empty: no utterance was decoded, so there is no "
+                           "error rate to report. Fix: see the decoding log and skipped_utts.txt beside it, and decode "
+                           "again")
+    if refs.keys().isdisjoint(hyps):
+        raise ScoringError(f"{hyp_path}: none of its {len(hyps)} utterance id(s) is in the reference {ref_path} "
+                           f"({len(refs)} utterances; e.g. '{next(iter(hyps))}' vs '{next(iter(refs))}'). Fix: score "
+                           "against the text of the data dir that was decoded")
+    return score(refs, hyps, unit)

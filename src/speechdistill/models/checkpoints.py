@@ -369,13 +369,29 @@ def _import_pickled(path: str) -> Tuple[Encoder, ImportReport]:
                            "directory")
 
 
+def read_safetensors(path: PathLike) -> Dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a missing, truncated or foreign file is a
+    :class:`ModelFormatError` naming it (safetensors' own error names no file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: weights file not found. Fix: check the model directory (export or copy it "
+                               "again)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ModelFormatError(f"{path}: cannot read the weights ({' '.join(str(exc).split())[:200]}; "
+                               f"{path.stat().st_size:,} bytes): the file is truncated or not a safetensors file. "
+                               "Fix: copy or export the model again (an interrupted copy leaves a short file)") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Hugging Face directories
 # ---------------------------------------------------------------------------------------------
 
 def _read_hf_weights(directory: Path) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     for index_name, loader in (("model.safetensors.index.json", "safetensors"),
                                ("pytorch_model.bin.index.json", "bin")):
         index_path = directory / index_name
@@ -384,11 +400,11 @@ def _read_hf_weights(directory: Path) -> Dict[str, torch.Tensor]:
             weights: Dict[str, torch.Tensor] = {}
             for shard in shards:
                 shard_path = directory / shard
-                weights.update(load_file(str(shard_path)) if loader == "safetensors"
+                weights.update(read_safetensors(shard_path) if loader == "safetensors"
                                else torch.load(shard_path, map_location="cpu", weights_only=True))
             return weights
     if (directory / "model.safetensors").is_file():
-        return load_file(str(directory / "model.safetensors"))
+        return read_safetensors(directory / "model.safetensors")
     if (directory / "pytorch_model.bin").is_file():
         return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise ModelFormatError(f"{directory}: Hugging Face directory without weights; expected model.safetensors or "
@@ -498,14 +514,12 @@ def read_model_config(directory: PathLike) -> Dict[str, Any]:
 
 
 def _import_ours(directory: Path) -> Tuple[Encoder, ImportReport]:
-    from safetensors.torch import load_file
-
     data = read_model_config(directory)
     try:
         config = EncoderConfig.from_dict(data.get("encoder") or {}, where=f"{directory / CONFIG_FILE}: encoder")
     except ConfigError as exc:
         raise ModelFormatError(str(exc)) from None
-    model = encoder_with_weights(config, load_file(str(directory / WEIGHTS_FILE)), str(directory / WEIGHTS_FILE))
+    model = encoder_with_weights(config, read_safetensors(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
     source = data.get("source") or {}
     report = ImportReport(path=str(directory), format="ours",
                           architecture=str(source.get("architecture", "speechdistill")), config=config,
@@ -605,13 +619,11 @@ def save_model(model: Encoder, out_dir: PathLike, *, heads: Optional[torch.nn.Mo
 
 def load_heads(directory: PathLike) -> Optional[torch.nn.Module]:
     """The target-mapping heads saved next to a model (None when the directory has none)."""
-    from safetensors.torch import load_file
-
     from .heads import build_heads
 
     data = read_model_config(directory)
     if not data.get("heads"):
         return None
     heads = build_heads(data["heads"], where=f"{Path(directory) / CONFIG_FILE}: heads")
-    heads.load_state_dict(load_file(str(Path(directory) / HEADS_WEIGHTS_FILE)), strict=True)
+    heads.load_state_dict(read_safetensors(Path(directory) / HEADS_WEIGHTS_FILE), strict=True)
     return heads

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..config import ConfigError, from_dict, load_yaml, merge, to_dict
+from ..config import ConfigError, check_fields, from_dict, load_yaml, merge, to_dict
 from .config import EncoderConfig, architecture
 from .encoder import Encoder
 from .heads import build_heads
@@ -151,6 +151,8 @@ def student_config(preset: StudentPreset, teacher_config: Optional[EncoderConfig
         base = to_dict(teacher_config)
     data = merge(base, preset.encoder)
     if overrides:
+        # a bad key or value of the config's student_encoder is the config's, not the preset file's
+        check_fields(EncoderConfig, overrides, where="student_encoder")
         data = merge(data, overrides)
     return EncoderConfig.from_dict(data, where=where)
 

@@ -9,8 +9,11 @@ copies of itself as its segments.
 
 Utterances are batched by seconds of audio in length order (the encoders and back-ends give an
 utterance the same embedding alone or padded in a batch, in eval mode). Utterances too short for
-one feature frame, and unreadable audio, are listed in ``skipped_utts.txt`` and reported;
-scoring later names any trial that needs one of them.
+one feature frame, unreadable audio, and an utterance whose embedding fails (out of memory, not
+finite) are listed in ``skipped_utts.txt`` and reported; every other embedding is written, and
+scoring later names any trial that needs a missing one. An utterance longer than
+``max_seconds`` (default 300 s) is embedded from its first ``max_seconds``, named in the log;
+the batch budget never grows beyond that.
 
 Output files appear atomically: the ark under a temporary name is renamed first, then the scp
 (which points at the final ark name), so a directory with ``xvector.scp`` is complete. A
@@ -25,7 +28,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -34,9 +37,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.audio import SAMPLE_RATE
-from ..data.collate import collate_batch
-from ..data.dataset import AudioDataset
-from ..data.sampler import BucketBatchSampler
+from ..data.inference import DEFAULT_MAX_SECONDS, inference_batches, run_each_on_failure
 from ..data.tables import atomic_write_text, byte_key
 from .model import SV_CONFIG_FILE, SV_WEIGHTS_FILE, SpeakerEmbedder
 
@@ -53,6 +54,8 @@ class ExtractOptions:
     tta_segments: int = 0
     segment_seconds: float = 3.0
     num_workers: int = 1
+    max_seconds: Optional[float] = DEFAULT_MAX_SECONDS
+    pipe_timeout: Optional[float] = None
 
     def validate(self) -> None:
         if self.batch_seconds <= 0:
@@ -63,6 +66,9 @@ class ExtractOptions:
             raise ValueError(f"--segment-seconds must be positive, got {self.segment_seconds}")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"--max-seconds must be positive (or 0 on the command line: no limit), got "
+                             f"{self.max_seconds}")
 
 
 @dataclass
@@ -73,6 +79,7 @@ class ExtractResult:
     audio_seconds: float
     seconds: float
     already_done: bool = False
+    cut: List[str] = field(default_factory=list)  # utterances embedded from their first max_seconds only
 
 
 def segment_starts(length: int, segment: int, count: int) -> np.ndarray:
@@ -154,18 +161,17 @@ def extract_embeddings(embedder: SpeakerEmbedder, model_dir: PathLike, data_dir:
     log = _file_logger(out_dir / LOG_NAME)
     device = torch.device(device)
     min_seconds = embedder.min_samples / SAMPLE_RATE
-    dataset = AudioDataset(data_dir, max_seconds=None, min_seconds=min_seconds)
-    longest = int(dataset.num_samples.max())
-    budget = max(int(round(options.batch_seconds * SAMPLE_RATE)), longest)
-    sampler = BucketBatchSampler(dataset.num_samples.tolist(), batch_samples=budget, num_buckets=1, shuffle=False,
-                                 even_shards=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch,
-                                         num_workers=options.num_workers)
-    total_seconds = float(dataset.num_samples.sum()) / SAMPLE_RATE
-    log.info("embedding %d utterances (%.1f s) of %s with %s on %s%s; %d too short (< %.3f s)", len(dataset),
-             total_seconds, data_dir, model_dir, device,
+    data = inference_batches(data_dir, min_samples=embedder.min_samples, batch_seconds=options.batch_seconds,
+                             max_seconds=options.max_seconds, num_workers=options.num_workers,
+                             pipe_timeout=options.pipe_timeout)
+    dataset = data.dataset
+    total_seconds = float(dataset.cropped_num_samples.sum()) / SAMPLE_RATE
+    log.info("embedding %d utterances (%.1f s) of %s with %s on %s%s; %d too short (< %.3f s); batches of at most "
+             "%.1f s", len(dataset), total_seconds, data_dir, model_dir, device,
              f", TTA {options.tta_segments} x {options.segment_seconds:g} s" if options.tta_segments else "",
-             len(dataset.skipped), min_seconds)
+             len(dataset.skipped), min_seconds, data.budget_seconds)
+    for key, seconds in data.cut:
+        log.warning("%s", data.cut_message(key, seconds))
     skipped: List[Tuple[str, str]] = list(dataset.skipped)
     segment = int(round(options.segment_seconds * SAMPLE_RATE))
     embedder = embedder.to(device).eval()
@@ -177,27 +183,36 @@ def extract_embeddings(embedder: SpeakerEmbedder, model_dir: PathLike, data_dir:
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0, file=sys.stderr)
     import kaldiio
 
+    def embed(wavs: torch.Tensor, lengths: torch.Tensor, keys) -> List[np.ndarray]:
+        wavs, lengths = wavs.to(device), lengths.to(device)
+        full = embedder(wavs, lengths).float().cpu().numpy()
+        if options.tta_segments:
+            seg_wavs, seg_lengths = tta_segments(wavs, lengths, segment, options.tta_segments)
+            parts = embedder(seg_wavs, seg_lengths).float().cpu().numpy()
+            parts = parts.reshape(len(keys), options.tta_segments, -1)
+        values = []
+        for row, key in enumerate(keys):
+            value = full[row] if not options.tta_segments else np.concatenate([full[row:row + 1], parts[row]])
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"utterance '{key}' of {data_dir}: the embedding is not finite; the model in "
+                                 f"{model_dir} produced NaN/inf")
+            values.append(value)
+        return values
+
+    def failed(key: str, reason: str) -> None:
+        skipped.append((key, reason))
+        log.warning("no embedding for utterance %s: %s", key, reason)
+
     try:
         with open(ark_tmp, "wb") as ark, torch.no_grad(), torch.autocast(
                 device_type=device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            for batch in loader:
+            for batch in data.loader:
                 for key, message in batch["failures"]:
                     skipped.append((key, "unreadable: " + " ".join(message.split())))
                     log.warning("skipping unreadable utterance %s: %s", key, " ".join(message.split()))
                 if not batch["keys"]:
                     continue
-                wavs = batch["wavs"].to(device)
-                lengths = batch["lengths"].to(device)
-                full = embedder(wavs, lengths).float().cpu().numpy()
-                if options.tta_segments:
-                    seg_wavs, seg_lengths = tta_segments(wavs, lengths, segment, options.tta_segments)
-                    parts = embedder(seg_wavs, seg_lengths).float().cpu().numpy()
-                    parts = parts.reshape(len(batch["keys"]), options.tta_segments, -1)
-                for row, key in enumerate(batch["keys"]):
-                    value = full[row] if not options.tta_segments else np.concatenate([full[row:row + 1], parts[row]])
-                    if not np.all(np.isfinite(value)):
-                        raise ValueError(f"utterance '{key}' of {data_dir}: the embedding is not finite; the "
-                                                 f"model in {model_dir} produced NaN/inf")
+                for key, value in run_each_on_failure(batch, embed, failed):
                     position = ark.tell()
                     kaldiio.save_ark(ark, {key: np.ascontiguousarray(value, dtype=np.float32)})
                     scp_lines[key] = f"{key} {ark_final}:{position + len(key.encode('utf-8')) + 1}\n"
@@ -222,4 +237,5 @@ def extract_embeddings(embedder: SpeakerEmbedder, model_dir: PathLike, data_dir:
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    return ExtractResult(out_dir / SCP_NAME, len(scp_lines), skipped, total_seconds, elapsed)
+    return ExtractResult(out_dir / SCP_NAME, len(scp_lines), skipped, total_seconds, elapsed,
+                         cut=[key for key, _ in data.cut])

@@ -288,9 +288,7 @@ def read_sv_config(directory: PathLike) -> Dict[str, Any]:
 
 def load_sv_model(directory: PathLike) -> SpeakerEmbedder:
     """The :class:`SpeakerEmbedder` saved by :func:`save_sv_model`, in eval mode."""
-    from safetensors.torch import load_file
-
-    from ..models.checkpoints import load_model
+    from ..models.checkpoints import load_model, read_safetensors
 
     directory = Path(directory)
     data = read_sv_config(directory)
@@ -329,7 +327,7 @@ def load_sv_model(directory: PathLike) -> SpeakerEmbedder:
     weights_path = directory / SV_WEIGHTS_FILE
     if not weights_path.is_file():
         raise SvModelError(f"{weights_path}: not found; the model directory is incomplete (re-run training)")
-    weights = load_file(str(weights_path))
+    weights = read_safetensors(weights_path)
     expected = {f"backend.{k}" for k in backend.state_dict()}
     if featurizer is not None:
         expected |= {f"featurizer.{k}" for k in featurizer.state_dict()}

@@ -11,7 +11,8 @@ Per micro-batch (``B`` cropped utterances ``wavs [B, T]`` with their speaker ind
                   distillation branch gets *other* utterances (from ``kd_data``, mixed with training
                   utterances with probability epoch / ``kd_curriculum_epochs``), which is what the
                   2024 scripts meant to do; their data bug, which fed both branches the same
-                  VoxCeleb crop, is not reproduced;
+                  VoxCeleb crop, is not reproduced. These inputs are read by the DataLoader workers
+                  with the training items (:class:`KdInputSource`);
                2. one student forward over ``[kd inputs; student inputs]`` with the adapters off
                   for the first half (distillation branch) and on for the second (speaker branch);
                3. loss = Σ distillation terms (weights may decay linearly over epochs) + speaker loss.
@@ -41,9 +42,8 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, from_dict
-from ..data.audio import SAMPLE_RATE
-from ..data.collate import collate_batch
-from ..data.dataset import AudioDataset, ItemRef, LoadFailure
+from ..data.audio import SAMPLE_RATE, AudioError
+from ..data.dataset import AudioDataset, ItemExtras, ItemRef
 from ..data.sampler import BucketBatchSampler
 from ..data.tables import DataDirError, byte_key, read_table
 from ..downstream.featurizer import Featurizer
@@ -123,43 +123,47 @@ def resolve_kd_terms(raw_terms: List[Mapping[str, Any]], student_states: int, te
 class KdInputSource:
     """Random crops for the distillation branch when it does not see the speaker branch's crop.
 
-    Items come from ``kd_set`` (e.g. LibriSpeech), or from ``train_set`` with probability
-    ``curriculum_probability(epoch, curriculum_epochs)`` (always when there is no ``kd_set``).
-    Draws use the task's generator, so a resumed run draws the same items.
+    An item function of the training dataset (``Task.item_extras``): the DataLoader worker that reads
+    a training item also reads its distillation input, ``kd_wav`` (float32 ``[T]`` samples; the batch
+    gets ``kd_wav`` ``[B, T]`` and ``kd_wav_lengths`` ``[B]``), so these reads cost the training
+    process nothing. It comes from ``kd_set`` (e.g. LibriSpeech), or from ``train_set`` with
+    probability ``curriculum_probability(epoch, curriculum_epochs)`` (always when there is no
+    ``kd_set``), where ``epoch`` is the 1-based pass over the training data the item belongs to.
+    Every choice is seeded by ``(seed, epoch, batch_index, index)`` of the item: the same on any
+    worker and after a resume. An unreadable input is replaced by another draw and reported in
+    ``kd_note``.
     """
 
+    MAX_ATTEMPTS = 50
+
     def __init__(self, train_set: AudioDataset, kd_set: Optional[AudioDataset],
-                 curriculum_epochs: Optional[float], log: Optional[logging.Logger] = None) -> None:
+                 curriculum_epochs: Optional[float], seed: int = 0) -> None:
         self.train_set = train_set
         self.kd_set = kd_set
         self.curriculum_epochs = curriculum_epochs
-        self.failures = 0
-        self.log = log or logger
+        self.seed = seed
 
-    def draw(self, count: int, epoch: int, generator: torch.Generator, draw_index: int
-             ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``count`` crops as a padded batch: wavs ``[count, T]`` float32, lengths ``[count]`` samples."""
-        p_train = 1.0 if self.kd_set is None else (
-            0.0 if self.curriculum_epochs is None else curriculum_probability(epoch, self.curriculum_epochs))
-        items = []
-        attempts = 0
-        while len(items) < count:
-            attempts += 1
-            if attempts > 50 * count:
-                raise SvDataError(f"the distillation inputs cannot be read ({self.failures} failures in a row); "
-                                  "check kd_data / train_data")
-            use_train = float(torch.rand((), generator=generator)) < p_train
-            dataset = self.train_set if use_train else self.kd_set
-            index = int(torch.randint(len(dataset), (), generator=generator))
-            # the crop offset is seeded by (seed, draw_index, index): reproducible after a resume
-            item = dataset[ItemRef(draw_index, 0, index)]
-            if isinstance(item, LoadFailure):
-                self.failures += 1
-                self.log.warning("distillation input skipped: %s", " ".join(item.message.split()))
+    def train_probability(self, epoch: int) -> float:
+        """Probability that an input of the 1-based ``epoch`` comes from the training set."""
+        if self.kd_set is None:
+            return 1.0
+        return 0.0 if self.curriculum_epochs is None else curriculum_probability(epoch, self.curriculum_epochs)
+
+    def __call__(self, ref: ItemRef) -> Dict[str, Any]:
+        rng = np.random.default_rng([self.seed, 1_000_003, ref.epoch, ref.batch_index, ref.index])
+        p_train = self.train_probability(ref.epoch + 1)
+        notes = []
+        for _ in range(self.MAX_ATTEMPTS):
+            dataset = self.train_set if rng.random() < p_train else self.kd_set
+            index = int(rng.integers(len(dataset)))
+            try:
+                wav = dataset.read(index, epoch=int(rng.integers(2 ** 31)))  # the crop offset, seeded
+            except (AudioError, OSError) as exc:
+                notes.append(" ".join(str(exc).split()))
                 continue
-            items.append(item)
-        batch = collate_batch(items)
-        return batch["wavs"], batch["lengths"]
+            return {"kd_wav": wav, "kd_note": "; ".join(notes)}
+        raise SvDataError(f"the distillation inputs cannot be read ({self.MAX_ATTEMPTS} failures in a row; the last: "
+                          f"{notes[-1]}). Fix: check the audio of kd_data / train_data")
 
 
 class SvTask:
@@ -174,7 +178,6 @@ class SvTask:
         self.train_module: Optional[SvTrainModel] = None
         self.augmenter = None
         self.kd_source: Optional[KdInputSource] = None
-        self.draws = 0
         self.labelled_dirs: Dict[str, bool] = {}
 
     # ------------------------------------------------------------------ setup
@@ -187,7 +190,7 @@ class SvTask:
         # the trainer's own dataset crops with (seed, epoch, index); this copy, which counts updates per
         # epoch and serves separate distillation inputs, uses another seed so its crops are independent
         self.train_set = AudioDataset(cfg.train_data, max_seconds=cfg.max_seconds, min_seconds=cfg.min_seconds,
-                                      seed=cfg.seed + 1)
+                                      seed=cfg.seed + 1, pipe_timeout=cfg.pipe_timeout)
         missing = [utt for utt in self.train_set.keys if utt not in self.utt2spk]
         if missing:
             raise SvDataError(f"{Path(cfg.train_data) / 'utt2spk'}: {len(missing)} utterance(s) of wav.scp have no "
@@ -220,9 +223,10 @@ class SvTask:
             kd_set = None
             if cfg.kd_data is not None:
                 kd_set = AudioDataset(cfg.kd_data, max_seconds=cfg.max_seconds, min_seconds=cfg.min_seconds,
-                                      seed=cfg.seed + 2)
-            self.kd_source = KdInputSource(self.train_set, kd_set, cfg.kd_curriculum_epochs, log=log)
-            log.info("distillation inputs: separate crops from %s%s", cfg.kd_data or cfg.train_data,
+                                      seed=cfg.seed + 2, pipe_timeout=cfg.pipe_timeout)
+            self.kd_source = KdInputSource(self.train_set, kd_set, cfg.kd_curriculum_epochs, seed=cfg.seed)
+            log.info("distillation inputs: separate crops from %s%s, read by the DataLoader workers",
+                     cfg.kd_data or cfg.train_data,
                      f" (training utterances with probability epoch/{cfg.kd_curriculum_epochs:g})"
                      if cfg.kd_data and cfg.kd_curriculum_epochs else "")
 
@@ -347,6 +351,12 @@ class SvTask:
                                      "distillation terms only" if self.config.system == "oskdft" else "no metric")
         return {"speaker": labels}
 
+    def item_extras(self, data_dir: Path) -> Optional[ItemExtras]:
+        """With ``kd_input: separate``: each training item also carries its distillation input (``kd_wav``)."""
+        if self.kd_source is None or Path(data_dir).resolve() != Path(self.config.train_data).resolve():
+            return None
+        return self.kd_source
+
     # ------------------------------------------------------------------ steps
     def _corrupt(self, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.augmenter is None:
@@ -402,9 +412,13 @@ class SvTask:
             if self.kd_source is None:
                 kd_clean, kd_lengths, kd_student = wavs, lengths, student_wavs
             else:
-                kd_clean, kd_lengths = self.kd_source.draw(wavs.shape[0], epoch, self.generator, self.draws)
-                self.draws += 1
-                kd_clean, kd_lengths = kd_clean.to(wavs.device), kd_lengths.to(wavs.device)
+                if "kd_wav" not in batch:
+                    raise SvDataError("kd_input separate: the batch has no kd_wav; the training dataset must be built "
+                                      "with this task's item_extras")
+                for note in batch.get("kd_note", ()):
+                    if note and self.context is not None:
+                        self.context.logger.warning("distillation input skipped: %s", note)
+                kd_clean, kd_lengths = batch["kd_wav"], batch["kd_wav_lengths"]
                 kd_student = self._corrupt(kd_clean, kd_lengths)
             teacher_states, teacher_frames = self._teacher_states(kd_clean, kd_lengths, self.teacher_layers)
             out = model(student_wavs, lengths, labels, kd_wavs=kd_student, kd_lengths=kd_lengths)
@@ -442,12 +456,10 @@ class SvTask:
 
     # ------------------------------------------------------------------ state and export
     def state_dict(self) -> Dict[str, Any]:
-        state: Dict[str, Any] = {"generator": self.generator.get_state(), "draws": self.draws}
-        return state
+        return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-        self.draws = int(state.get("draws", 0))
 
     def embedder(self, model: SvTrainModel) -> SpeakerEmbedder:
         """The trained system as a waveform -> embedding module (shares the model's modules)."""

@@ -7,9 +7,11 @@ set of checkpoints or the new one, never a truncated file.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -86,22 +88,48 @@ def remove_stale_temporaries(directory: Path) -> None:
 def save_checkpoint(state: Dict[str, Any], directory: Path, step: int, keep: int) -> Path:
     """Write ``state`` as ``ckpt-<step>.pt`` atomically, then delete all but the last ``keep``."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
-    fd, tmp = tempfile.mkstemp(prefix=f".ckpt-{step}.", suffix=".tmp", dir=str(directory))
+    tmp = None
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".ckpt-{step}.", suffix=".tmp", dir=str(directory))
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CheckpointError(write_failure(final, exc, "the checkpoint") + "; the earlier checkpoints are kept and "
+                              "a rerun resumes from the last one") from None
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
     for _, old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return final
+
+
+def write_failure(path: Path, exc: BaseException, what: str) -> str:
+    """One line saying that ``what`` could not be written to ``path``, why (full disk, read-only, ...) and the fix."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[:200]
+    folder = path.parent if path.suffix else path
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = f"make {folder} writable or choose another --output-dir"
+    else:
+        free = None
+        try:
+            free = shutil.disk_usage(next(p for p in [folder, *folder.parents] if p.exists())).free
+        except (OSError, StopIteration):
+            pass
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (free is not None and free < 64 * 2 ** 20):
+            left = f"{free / 2 ** 20:.1f} MiB left; " if free is not None else ""
+            hint = f"free space on the disk of {folder} ({left}df -h {folder}) or choose another --output-dir"
+        else:
+            hint = f"check the disk of {folder}"
+    return f"{path}: cannot write {what}: {reason}. Fix: {hint}"
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:

@@ -111,12 +111,18 @@ def train_main(config_cls: Type[C], make_task: Callable[[C], Task], *, prog: Opt
 
 
 def run_main(main: Callable[[], int], prog: Optional[str] = None) -> None:
-    """Run ``main`` and exit with its code; a user error (``ValueError``) is printed on one line, exit 1."""
+    """Run ``main`` and exit with its code; a user error (``ValueError``) or a file that cannot be read or
+    written (``OSError``: read-only or full disk, missing permission) is printed on one line, exit 1."""
     prog = prog or Path(sys.argv[0]).name
     try:
         code = main()
     except ValueError as exc:
         print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        code = 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}. Fix: check that the path exists, is writable and its "
+              "disk has free space (df -h)", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

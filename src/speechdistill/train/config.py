@@ -41,6 +41,9 @@ class TrainerConfig:
     num_workers: int = _opt(2, "DataLoader worker processes (0 = load in the training process)")
     prefetch_factor: int = _opt(2, "batches each worker loads ahead")
     max_load_failures_in_row: int = _opt(50, "stop when this many utterances in a row cannot be read")
+    pipe_timeout: Optional[float] = _opt(None, "seconds a wav.scp command ('... |') may run before it is killed and "
+                                               "its utterance skipped; null = $SPEECHDISTILL_PIPE_TIMEOUT or 120; "
+                                               "0 = no limit")
     # optimisation
     max_steps: int = _opt(1000, "total number of optimizer updates (epochs follow from the data)")
     accum_steps: int = _opt(1, "micro-batches accumulated per optimizer update")

@@ -24,13 +24,14 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 
 def build_loader(config: TrainerConfig, data_dir: str, *, training: bool, world_size: int = 1, rank: int = 0,
-                 fields: Optional[Mapping[str, Mapping[str, Any]]] = None, pin_memory: bool = False
-                 ) -> Tuple[AudioDataset, BucketBatchSampler, torch.utils.data.DataLoader]:
+                 fields: Optional[Mapping[str, Mapping[str, Any]]] = None, extras: Optional[Any] = None,
+                 pin_memory: bool = False) -> Tuple[AudioDataset, BucketBatchSampler, torch.utils.data.DataLoader]:
     """(dataset, sampler, loader) of ``data_dir`` as ``config`` says. Training batches are shuffled length
     buckets sharded evenly over ``world_size`` ranks; validation batches come from one length-sorted bucket
-    (full batches, least padding). ``fields``: extra per-utterance values (``Task.item_fields``)."""
+    (full batches, least padding). ``fields``: extra per-utterance values (``Task.item_fields``); ``extras``:
+    what a worker adds to each item (``Task.item_extras``)."""
     dataset = AudioDataset(data_dir, max_seconds=config.max_seconds, min_seconds=config.min_seconds,
-                           seed=config.seed, fields=fields)
+                           seed=config.seed, fields=fields, pipe_timeout=config.pipe_timeout, extras=extras)
     sampler = BucketBatchSampler(dataset.cropped_num_samples.tolist(),
                                  batch_samples=int(round(config.batch_seconds * SAMPLE_RATE)),
                                  max_batch_size=config.max_batch_size,

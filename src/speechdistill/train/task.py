@@ -7,6 +7,7 @@ and schedule, checkpoints, signals and logs. A task owns the model and the losse
     model = task.model()                   # trainable module; the trainer moves it and wraps it in DDP
     groups = task.param_groups(model)      # optimizer parameter groups
     task.item_fields(data_dir)             # optional: extra per-utterance values for the batches
+    task.item_extras(data_dir)             # optional: values computed per item in the DataLoader workers
     task.load_state_dict(state)            # on resume only
     out = task.train_step(model, batch, step)   # per micro-batch, inside the student autocast
     metrics = task.valid_step(model, batch)     # per validation batch, eval mode, no_grad
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Mapping, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Protocol, Union, runtime_checkable
 
 import torch
 
@@ -149,4 +150,16 @@ def item_fields_of(task: Task, data_dir: Path) -> Optional[Mapping[str, Mapping[
     see :mod:`speechdistill.data.collate` for how each value type is batched.
     """
     getter = getattr(task, "item_fields", None)
+    return getter(data_dir) if getter is not None else None
+
+
+def item_extras_of(task: Task, data_dir: Path) -> Optional[Callable[[Any], Dict[str, Any]]]:
+    """The optional ``Task.item_extras(data_dir) -> extras`` (None when not defined or not wanted).
+
+    ``extras(ref)`` returns more values for the item at ``ref`` (an :class:`ItemRef`); it runs where
+    the item is read, in a DataLoader worker, so reading more audio there (e.g. a second crop from
+    another data set) costs the training process nothing. It must be picklable and depend on
+    ``ref`` alone (the same values after a resume). The trainer asks for the training data only.
+    """
+    getter = getattr(task, "item_extras", None)
     return getter(data_dir) if getter is not None else None

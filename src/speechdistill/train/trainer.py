@@ -25,6 +25,7 @@ import random
 import resource
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from .logs import MetricsWriter, close_logger, setup_logger, write_plots
 from .optim import (build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, group_learning_rates,
                     load_optimizer_state, step_with_multiplier)
 from .precision import autocast, common_precision, resolve_device, resolve_precision, set_float32_matmul
-from .task import StepOutput, Task, TrainContext, item_fields_of
+from .task import StepOutput, Task, TrainContext, item_extras_of, item_fields_of
 
 
 
@@ -114,6 +115,16 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _check_writable(directory: Path) -> None:
+    """Create the output dir and write a file in it, or fail naming the dir (read-only, full, no permission)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise TrainingError(ckpt.write_failure(directory, exc, "the run's output (--output-dir)")) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -230,7 +241,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         config, env = self.config, self.env
         if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.output_dir)
             ckpt.remove_stale_temporaries(self.checkpoint_dir)
         dist_utils.barrier()
         self.logger = setup_logger(self.output_dir / "train.log", env.rank)
@@ -308,9 +319,11 @@ class Trainer:
     def _build_data(self) -> None:
         config, env, log = self.config, self.env, self.logger
         def make(data_dir: str, training: bool):
-            dataset, sampler, loader = build_loader(config, data_dir, training=training, world_size=env.world_size,
-                                                    rank=env.rank, fields=item_fields_of(self.task, Path(data_dir)),
-                                                    pin_memory=self.device.type == "cuda")
+            dataset, sampler, loader = build_loader(
+                config, data_dir, training=training, world_size=env.world_size, rank=env.rank,
+                fields=item_fields_of(self.task, Path(data_dir)),
+                extras=item_extras_of(self.task, Path(data_dir)) if training else None,
+                pin_memory=self.device.type == "cuda")
             seconds = float(dataset.num_samples.sum()) / SAMPLE_RATE
             amount = f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.1f} s"
             batches = sampler.global_batches(0)

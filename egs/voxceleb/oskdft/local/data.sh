@@ -6,7 +6,8 @@
 # (vox1_O, vox1_E, vox1_H) becomes data/<set>: the VoxCeleb1 utterances its cleaned trial list
 # names, with trials ('enroll test target|nontarget'). With both empty: the embedded mini
 # VoxCeleb is synthesized under --mini_dir and prepared as data/train and data/test (with
-# trials). Utterance ids are '<spk>/<video>/<NNNNN>.wav' (WeSpeaker's, as in the official lists).
+# trials); with --mini_m4a true the training speakers come as VoxCeleb2-style m4a files, which the
+# prep converts to FLAC under dump/flac/train as it does for the real VoxCeleb2. Utterance ids are '<spk>/<video>/<NNNNN>.wav' (WeSpeaker's, as in the official lists).
 # data/.stage0.done records the set names (sourceable). Prepared dirs are kept on a rerun.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ train_sets="vox2_dev"
 eval_sets="vox1_O vox1_E vox1_H"
 mini_dir=downloads/mini
 mini_size=default
+mini_m4a=false
 seed=0
 
 . ./path.sh
@@ -44,11 +46,18 @@ prep() {  # prep <out> <log name> <prep_voxceleb arguments...>
 if [ -z "${VOXCELEB1:-}" ] && [ -z "${VOXCELEB2:-}" ]; then
     log "VOXCELEB1 and VOXCELEB2 are empty in db.sh: using the embedded mini VoxCeleb (synthesized speakers," \
         "not real data), built under ${mini_dir}"
-    python -m speechdistill.bin.make_mini_corpora --out-dir "${mini_dir}" --corpora voxceleb \
+    corpora=voxceleb
+    [ "${mini_m4a}" = true ] && corpora="voxceleb voxceleb2"
+    # shellcheck disable=SC2086  # corpora is a list of words
+    python -m speechdistill.bin.make_mini_corpora --out-dir "${mini_dir}" --corpora ${corpora} \
         --size "${mini_size}" --seed "${seed}" --nj "${nj}" --log exp/log/make_mini_corpora.log
     corpus=${mini_dir}/VoxCeleb1
     kind=mini
-    prep data/train train --corpus-dir "${corpus}" --subsets dev
+    if [ "${mini_m4a}" = true ]; then
+        prep data/train train --corpus-dir "${mini_dir}/VoxCeleb2" --subsets dev
+    else
+        prep data/train train --corpus-dir "${corpus}" --subsets dev
+    fi
     prep data/test test --corpus-dir "${corpus}" --subsets test --trials "${corpus}/veri_test2.txt"
     test_sets="test"
 else

@@ -21,11 +21,13 @@ from ..common import CorpusError
 from .librispeech import MiniLibriSpeechConfig, make_mini_librispeech
 from .musan import MiniMusanConfig, make_mini_musan
 from .rirs import MiniRirsConfig, make_mini_rirs
-from .voxceleb import MiniVoxCelebConfig, make_mini_voxceleb
+from .voxceleb import MiniVoxCelebConfig, make_mini_voxceleb, make_mini_voxceleb2
 
 logger = logging.getLogger("speechdistill.corpora")
 
 CORPORA = ("librispeech", "voxceleb", "musan", "rirs")
+# built only when asked for: voxceleb2 (the voxceleb dev speakers as m4a) needs ffmpeg
+OPTIONAL_CORPORA = ("voxceleb2",)
 
 
 @dataclasses.dataclass
@@ -75,17 +77,18 @@ def make_mini_corpora(out_dir: str, corpora: Sequence[str] = CORPORA, config: Mi
     """Build the asked ``corpora`` under ``out_dir`` (kept when they exist with the same settings).
 
     Returns corpus -> marker (``settings``, ``produced``, ``skipped``). Layout:
-    ``out_dir/{LibriSpeech,VoxCeleb1,musan,RIRS_NOISES}``.
+    ``out_dir/{LibriSpeech,VoxCeleb1,musan,RIRS_NOISES}`` (and ``VoxCeleb2`` for ``voxceleb2``).
     """
     config = config or MiniCorporaConfig()
     validate(config)
-    unknown = [c for c in corpora if c not in CORPORA]
+    unknown = [c for c in corpora if c not in CORPORA + OPTIONAL_CORPORA]
     if unknown:
-        raise CorpusError(f"unknown mini corpus {unknown}. Fix: choose among {', '.join(CORPORA)}")
+        raise CorpusError(f"unknown mini corpus {unknown}. Fix: choose among {', '.join(CORPORA + OPTIONAL_CORPORA)}")
     out = Path(out_dir)
     builders = {
         "librispeech": lambda: make_mini_librispeech(out, config.librispeech, seed=config.seed, nj=nj),
         "voxceleb": lambda: make_mini_voxceleb(out, config.voxceleb, seed=config.seed, nj=nj),
+        "voxceleb2": lambda: make_mini_voxceleb2(out, config.voxceleb, seed=config.seed, nj=nj),
         "musan": lambda: make_mini_musan(out, config.musan, seed=config.seed, nj=nj),
         "rirs": lambda: make_mini_rirs(out, config.rirs, seed=config.seed, nj=nj),
     }
@@ -97,5 +100,5 @@ def make_mini_corpora(out_dir: str, corpora: Sequence[str] = CORPORA, config: Mi
     return results
 
 
-__all__ = ["MiniCorporaConfig", "MiniLibriSpeechConfig", "MiniVoxCelebConfig", "MiniMusanConfig", "MiniRirsConfig",
+__all__ = ["OPTIONAL_CORPORA", "MiniCorporaConfig", "MiniLibriSpeechConfig", "MiniVoxCelebConfig", "MiniMusanConfig", "MiniRirsConfig",
            "make_mini_corpora", "CORPORA"]

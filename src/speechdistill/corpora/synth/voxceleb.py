@@ -1,7 +1,9 @@
 """Mini VoxCeleb: synthesized speakers in VoxCeleb1's layout, with a balanced trial list.
 
 ``<out>/VoxCeleb1/{dev,test}/wav/<idNNNNN>/<video>/<NNNNN>.wav`` and
-``<out>/VoxCeleb1/veri_test2.txt`` (official format ``1|0 enroll test``). Dev (training)
+``<out>/VoxCeleb1/veri_test2.txt`` (official format ``1|0 enroll test``). On request, the dev
+speakers also as VoxCeleb2: ``<out>/VoxCeleb2/dev/aac/id0NNNN/<video>/<NNNNN>.m4a``, AAC-encoded
+by ffmpeg as the real corpus is (the prep converts them back to FLAC). Dev (training)
 and test speakers are disjoint. Every "video" of a speaker has its own recording channel
 (an EQ and a background-noise floor), so that, as in VoxCeleb, a speaker must be recognised
 across channels. Trials are half target (pairs of one speaker, from different videos when it
@@ -16,6 +18,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ..convert import find_ffmpeg
 from .build import VoiceData, build_once, shard_seeds
 from .engine import Channel, SpeechItem, SpeechShard, run_speech_shard, run_tasks
 from .sentences import SentenceGenerator
@@ -133,3 +136,39 @@ def _build(root: Path, config: MiniVoxCelebConfig, seed: int, nj: int) -> Dict[s
     return {"train_minutes": round(train_seconds / 60, 2), "train_speakers": config.train_speakers,
             "test_speakers": config.test_speakers, "trials": len(trials),
             "target_trials": sum(1 for t in trials if t[0] == 1)}
+
+
+def make_mini_voxceleb2(out_root: Path, config: MiniVoxCelebConfig, *, seed: int = 0, nj: int = 2) -> Dict[str, Any]:
+    """Build (or keep) ``out_root/VoxCeleb2``: the dev speakers of the mini VoxCeleb1 (built first when
+    needed) as m4a files in VoxCeleb2's layout, speaker ``id1NNNN`` renamed ``id0NNNN``."""
+    voxceleb1 = make_mini_voxceleb(out_root, config, seed=seed, nj=nj)
+    settings = {"from": voxceleb1["settings"], "codec": "aac 64k"}
+    return build_once(Path(out_root), "VoxCeleb2", settings,
+                      lambda tmp: _encode_m4a(Path(out_root) / "VoxCeleb1" / "dev" / "wav", tmp, nj))
+
+
+def _encode_m4a(source_root: Path, root: Path, nj: int) -> Dict[str, Any]:
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    ffmpeg = find_ffmpeg()
+    jobs = []
+    for wav in sorted(source_root.rglob("*.wav")):
+        speaker, video = wav.parent.parent.name, wav.parent.name
+        target = root / "dev" / "aac" / f"id0{speaker[3:]}" / video / f"{wav.stem}.m4a"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # -fflags +bitexact -map_metadata -1: the same bytes on every run (no encoder tag or timestamps)
+        jobs.append([ffmpeg, "-nostdin", "-v", "error", "-y", "-i", str(wav), "-c:a", "aac", "-b:a", "64k",
+                     "-fflags", "+bitexact", "-map_metadata", "-1", str(target)])
+
+    def run(command: List[str]) -> None:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed on {command[-1]}: {done.stderr.decode('utf-8', 'replace').strip()}")
+
+    with ThreadPoolExecutor(max_workers=max(1, nj)) as pool:
+        list(pool.map(run, jobs))
+    (root / "README.TXT").write_text(
+        "Mini VoxCeleb2: the training speakers of the mini VoxCeleb1 (synthesized by speechdistill), AAC-encoded\n"
+        "in the layout of VoxCeleb2 dev. Not real speech.\n", encoding="utf-8")
+    return {"files": len(jobs), "speakers": len({Path(j[-1]).parent.parent.name for j in jobs})}
