@@ -259,8 +259,9 @@ def status_hint(status: Optional[int], *, local: bool) -> Optional[str]:
                 "ask for more with --mem")
     if status == REQUEUE_EXIT_CODE:
         if local:
-            return (f"status {REQUEUE_EXIT_CODE}: the job saved a checkpoint on a signal and asked to be run again; "
-                    "rerun the same command with --pick failed to resume it")
+            return (f"status {REQUEUE_EXIT_CODE}: the job saved a checkpoint on a signal and asked to be run again "
+                    f"(run.pl exits {REQUEUE_EXIT_CODE} too); rerun the same command (with --pick failed: only the "
+                    "stopped jobs) to resume it")
         return (f"status {REQUEUE_EXIT_CODE}: the job checkpointed on a signal and asked to be requeued, and the "
                 "--max-requeue limit was reached; rerun with --pick failed, or raise --max-requeue")
     if status is not None and status > 128 and status - 128 < 65:
