@@ -344,3 +344,16 @@ def test_queue_conf_requires_dollar0_in_star_options(cluster):
     (cluster.dir / "q.conf").write_text("command qsub\noption mem=* -l mem_free\n")
     result = cluster.run("queue.pl", "--config", "q.conf", "--mem", "1G", "a.log", "true")
     assert result.returncode == 1 and "q.conf:2" in result.stderr and "no $0" in result.stderr
+
+
+def test_readme_shows_the_sbatch_lines_of_1_8_and_2x4_gpu_training_jobs(cluster):
+    """README "One GPU, several GPUs, a Slurm cluster": the lines utils/launch_training.sh and slurm.pl submit
+    for stage 3 with the default conf/slurm.conf and cmd.sh's cuda_cmd."""
+    readme = (REPO / "README.md").read_text()
+    log = "exp/distill_distilhubert/log/distill_train.log"
+    for options in (["--ngpu", "1"], ["--ngpu", "8"], ["--ngpu", "4", "--num_nodes", "2"]):
+        cluster.run("launch_training.sh", "--cmd", f"{UTILS / 'slurm.pl'} --mem 16G", *options, log, "python", "-m",
+                    "speechdistill.bin.distill_train", "--config", "conf/distilhubert.yaml",
+                    extra_env={"FAKE_SCHED_MODE": "lose"})
+        line = "sbatch " + " ".join(cluster.calls("sbatch")[-1]).replace(f"{cluster.dir}/", "$PWD/")
+        assert f"# ./run.sh --stage 3 --stop_stage 3 {' '.join(options)}\n{line}\n" in readme

@@ -7,6 +7,10 @@
 #
 # Idempotent: when the venv exists, torch is at the wanted version and setup.py has not
 # changed since the last successful install, it returns in about a second.
+#
+# Run as root on Debian/Ubuntu, it also installs the system packages slurm-wlm and munge when they are
+# missing (tools/slurm_local.sh install): the tests run slurm.pl against a real local Slurm. Without root
+# those tests skip, saying why; SPEECHDISTILL_SKIP_SLURM=1 leaves the packages alone.
 set -euo pipefail
 
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -15,6 +19,15 @@ venv=${tools_dir}/venv
 th_version=${TH_VERSION:-2.13.0}
 python=${PYTHON:-python3}
 stamp=${venv}/.speechdistill_install_stamp
+
+if [ "${SPEECHDISTILL_SKIP_SLURM:-}" != 1 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
+        "${tools_dir}/slurm_local.sh" install
+    elif ! command -v sbatch > /dev/null 2>&1; then
+        echo "tools/install.sh: slurm-wlm and munge are not installed (needs root: apt-get install slurm-wlm munge);" \
+             "the tests on a real Slurm will skip"
+    fi
+fi
 
 want_stamp() {
     # What the install depends on: torch version and the package metadata.

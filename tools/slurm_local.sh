@@ -41,8 +41,8 @@ while [ $# -gt 0 ]; do
 done
 case "${nodes}" in 1|2) ;; *) echo "${prog}: --nodes must be 1 or 2, got '${nodes}'" >&2; exit 1 ;; esac
 case "${gpus}" in ''|*[!0-9]*) echo "${prog}: --gpus must be a number, got '${gpus}'" >&2; exit 1 ;; esac
-mkdir -p "${dir}"
-dir=$(cd "${dir}" && pwd -P)
+[ "${command}" != start ] || mkdir -p "${dir}"
+[ ! -d "${dir}" ] || dir=$(cd "${dir}" && pwd -P)
 conf=${dir}/slurm.conf
 host=$(hostname -s)
 
@@ -65,8 +65,9 @@ install_packages() {
     echo "${prog}: installing slurm-wlm and munge with apt-get"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || fail "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends slurm-wlm munge > "${dir}/apt-get.log" 2>&1 \
-        || fail "apt-get install slurm-wlm munge failed; see ${dir}/apt-get.log"
+    local apt_log=${TMPDIR:-/tmp}/speechdistill-apt-get.log
+    apt-get install -y -qq --no-install-recommends slurm-wlm munge > "${apt_log}" 2>&1 \
+        || fail "apt-get install slurm-wlm munge failed; see ${apt_log}"
     have_packages || fail "slurm-wlm and munge were installed but slurmctld/slurmd/munged are not found"
 }
 
