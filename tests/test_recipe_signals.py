@@ -1,4 +1,4 @@
-"""SIGTERM to a recipe under run.pl (cmd_backend=local): the trainer checkpoints, run.pl and run.sh exit 99,
+"""SIGTERM/SIGUSR1 to a recipe under run.pl (cmd_backend=local): the trainer checkpoints, run.pl and run.sh exit 99,
 no process is left behind, and a rerun resumes to a student bitwise equal to an uninterrupted run.
 
 Real ``./run.sh --stage 3 --stop_stage 3`` processes on the tiny recipe of tests/_tiny_recipe.py. The
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO, single_process_env  # noqa: E402
 from _tiny_recipe import TINY_CONFIG, TINY_DISTILL_ARGS, make_tiny_distill_recipe  # noqa: E402
 
-STEPS = 10
+STEPS = 12
 
 
 def stage3_args(exp: str, *extra: str, steps: int = STEPS) -> list:
@@ -110,7 +110,7 @@ def recipe(tmp_path_factory) -> Path:
     return make_tiny_distill_recipe(tmp_path_factory.mktemp("signals"))
 
 
-def test_sigterm_to_run_sh_and_to_its_group_checkpoint_exit_99_and_resume_bitwise(recipe):
+def test_sigterm_or_sigusr1_to_run_sh_or_its_group_checkpoint_exit_99_and_resume_bitwise(recipe):
     env = recipe_env()
     reference = start(recipe, stage3_args("exp/reference"), env)  # uninterrupted, alongside
     stopped = recipe / "exp" / "stopped"
@@ -136,7 +136,19 @@ def test_sigterm_to_run_sh_and_to_its_group_checkpoint_exit_99_and_resume_bitwis
     os.killpg(second.pid, signal.SIGTERM)
     _, stderr = second.communicate(timeout=120)
     assert second.returncode == 99, stderr[-3000:]
-    assert max(checkpoints(stopped)) < STEPS, "the run finished before it could be stopped"
+    second_stop = max(checkpoints(stopped))
+    assert not processes_using("--output-dir exp/stopped", recipe)
+
+    # 3. SIGUSR1 to run.sh alone: the time-limit warning a batch system gives a run.sh that is itself a job
+    third = start(recipe, stage3_args("exp/stopped"), env)
+    wait_for_checkpoint_after(stopped, second_stop, third)
+    third.send_signal(signal.SIGUSR1)
+    _, stderr = third.communicate(timeout=120)
+    assert third.returncode == 99, stderr[-3000:]
+    assert "SIGUSR1 received; passing it to the running job(s)" in stderr
+    third_stop = max(checkpoints(stopped))
+    assert first_stop < second_stop < third_stop < STEPS, "the run finished before it could be stopped"
+    assert f"SIGUSR1 received: stopped after update {third_stop}" in (stopped / "train.log").read_text()
     assert not processes_using("--output-dir exp/stopped", recipe)
 
     # 3. the rerun resumes and ends where the uninterrupted run ends, bit for bit
@@ -145,6 +157,6 @@ def test_sigterm_to_run_sh_and_to_its_group_checkpoint_exit_99_and_resume_bitwis
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     _, stderr = reference.communicate(timeout=300)
     assert reference.returncode == 0, stderr[-3000:]
-    assert (stopped / "train.log").read_text().count("resuming from") == 2
+    assert (stopped / "train.log").read_text().count("resuming from") == 3
     assert_same_student(stopped, recipe / "exp" / "reference")
-    assert logged_steps(stopped) == list(range(1, STEPS + 1))  # each update logged once although three runs
+    assert logged_steps(stopped) == list(range(1, STEPS + 1))  # each update logged once although four runs

@@ -1,9 +1,10 @@
-# Sourced by a recipe's run.sh (after parse_options.sh): SIGTERM and SIGINT to run.sh stop its jobs
-# the way they stop a job, instead of leaving them running as orphans.
+# Sourced by a recipe's run.sh (after parse_options.sh): SIGTERM, SIGINT and SIGUSR1 to run.sh stop its
+# jobs the way they stop a job, instead of leaving them running as orphans (SIGUSR1: the time-limit
+# warning 'sbatch --signal=B:USR1@N' gives a run.sh that is itself a batch job).
 #
 #   run_job CMD...     run CMD (a launcher line: ${cuda_cmd} ..., utils/launch_training.sh ...) in a
-#                      process group of its own and wait for it; returns its status. A SIGTERM or
-#                      SIGINT that reaches run.sh meanwhile (alone, or with its whole process group,
+#                      process group of its own and wait for it; returns its status. A SIGTERM, SIGINT
+#                      or SIGUSR1 that reaches run.sh meanwhile (alone, or with its whole process group,
 #                      or from a batch system that signals every process) is passed to CMD once;
 #                      run.pl passes it to the job, the trainer checkpoints and exits 99, run.pl
 #                      exits 99, and run.sh then exits with that status (99: run it again to resume).
@@ -35,6 +36,7 @@ _sd_on_stop() {
 _sd_install_traps() {
     trap '_sd_on_stop TERM' TERM
     trap '_sd_on_stop INT' INT
+    trap '_sd_on_stop USR1' USR1
     _sd_trap_pid=${BASHPID}
 }
 _sd_install_traps

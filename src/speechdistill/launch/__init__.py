@@ -13,7 +13,7 @@ lines, or the cluster launchers' ``# Accounting: ...`` / ``# Finished at ... wit
 
 Exit status of a launcher: 0 when every job succeeded, 1 when any failed (the failing count,
 the log path and the last ~20 lines of the first failing log go to stderr), 2 when the
-launcher was interrupted by SIGINT/SIGTERM (running jobs are signalled or cancelled with
+launcher was interrupted by SIGINT/SIGTERM/SIGUSR1 (running jobs are signalled or cancelled with
 ``scancel``/``qdel``), 255 for a usage or configuration error (Kaldi's ``die``). run.pl exits
 :data:`REQUEUE_EXIT_CODE` instead of 1 or 2 when every job that did not succeed exited with it,
 so that a recipe stage (and a ``run.sh`` that is itself a batch job) passes the request on.

@@ -6,14 +6,17 @@ For ``<log>`` = ``exp/x/log/train.JOB.log`` the launcher writes, beside the logs
 The job script ``cd``s to the submit directory, writes the log header (host, start time,
 Slurm variables, the rendered ``sbatch``/``qsub`` line, the command), sources ``./path.sh``
 (a failure there is written to the log and the command is not run), runs the command with
-output appended to the log, writes ``# Accounting: ...`` and ``# Finished at ... with status
-N``, and touches its done-file. Status 137 (a SIGKILL, usually out of memory) makes the script
-exit 100: Grid Engine then holds the job in its error state, from which it can be re-run.
+output appended to the log while passing SIGTERM/SIGUSR1 on to it (:func:`job_script`), writes
+``# Accounting: ...`` and ``# Finished at ... with status N``, and touches its done-file. Status
+137 (a SIGKILL, usually out of memory) makes the script exit 100: Grid Engine then holds the job
+in its error state, from which it can be re-run.
 
-The launcher polls for the done-files with exponential back-off, asks ``squeue``/``qstat``
-now and then whether a job still exists, reads each job's status from the last lines of its
-log, resubmits tasks that exited with :data:`speechdistill.launch.REQUEUE_EXIT_CODE`, and on
-SIGINT/SIGTERM cancels its jobs (``scancel``/``qdel``) and exits 2.
+slurm.pl first asks ``sbatch --test-only`` whether the cluster could ever run the job. The
+launcher polls for the done-files with exponential back-off, asks ``squeue``/``qstat`` now and
+then whether a job still exists, reads each job's status from the last lines of its log,
+resubmits tasks that exited with :data:`speechdistill.launch.REQUEUE_EXIT_CODE` (but waits for a
+job Slurm put back in its queue itself), and on SIGINT/SIGTERM/SIGUSR1 cancels its jobs
+(``scancel``/``qdel``) and exits 2.
 """
 from __future__ import annotations
 

@@ -301,10 +301,14 @@ def report_failures(request: LaunchRequest, failed: Dict[Optional[int], Optional
 
 
 class SignalTrap:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` in the main thread while active."""
+    """Turn SIGINT, SIGTERM and SIGUSR1 (a batch system's time-limit warning to a launcher that runs inside a
+    job) into :class:`Interrupted` in the main thread while active, or only record them
+    (``raise_on_signal=False``)."""
 
-    def __init__(self, raise_on_signal: bool = True):
+    def __init__(self, raise_on_signal: bool = True,
+                 signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)):
         self.raise_on_signal = raise_on_signal
+        self.signals = tuple(signals)
         self.received: List[int] = []
         self._previous = {}
 
@@ -314,7 +318,7 @@ class SignalTrap:
             raise Interrupted(signum)
 
     def __enter__(self) -> "SignalTrap":
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -1,8 +1,8 @@
 """run.pl: run jobs on this machine, a bounded number at a time (conventions §2.3).
 
 Each job runs ``bash -c '<command>'`` with stdout and stderr appended to its log, in its own
-process group so that SIGINT/SIGTERM given to the launcher can be forwarded to the whole job
-(the trainer checkpoints on SIGTERM and exits 99); a second SIGINT (Ctrl-C twice) kills the jobs,
+process group so that SIGINT/SIGTERM/SIGUSR1 given to the launcher can be forwarded to the whole job
+(the trainer checkpoints on SIGTERM/SIGUSR1 and exits 99); a second SIGINT (Ctrl-C twice) kills the jobs,
 while a repeated SIGTERM is only passed on again (a batch system and a wrapping ``run.sh`` may
 both send one for the same stop). With ``--gpu N`` each running job gets its own N devices in
 ``CUDA_VISIBLE_DEVICES``.
