@@ -2,9 +2,9 @@
 
 Its data/train (16 utterances) and data/dev are written directly (wav.scp + utt2num_samples, what
 stage 3 reads), the teacher is a tiny random 12-layer model of width 64 in exp/teacher, and the
-stage-0 and stage-2 markers say so; its path.sh names this checkout (the copy lives outside it). conf/distilhubert_tiny.yaml is the distilhubert preset with its
-student shrunk to that teacher and without dropout, so that runs on one and on two processes can
-be compared. Stage 3 of ``./run.sh --distill_config conf/distilhubert_tiny.yaml --distill_args
+stage-0 and stage-2 markers say so; its path.sh names this checkout (the copy lives outside it).
+conf/distilhubert_tiny.yaml is the distilhubert preset with its student shrunk to that teacher and
+without dropout, so that runs on one and on two processes can be compared. Stage 3 of ``./run.sh --distill_config conf/distilhubert_tiny.yaml --distill_args
 "$TINY_DISTILL_ARGS"`` then takes seconds per update on a CPU.
 """
 from __future__ import annotations

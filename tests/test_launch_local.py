@@ -164,15 +164,23 @@ def _start_and_wait_ready(tmp_path, job, *launcher_args):
     return process
 
 
+def _signal_twice(process, signum, pause):
+    """Send ``signum`` to run.pl twice, ``pause`` s apart; returns its stderr once it ended (within 10 s)."""
+    start = time.monotonic()
+    process.send_signal(signum)
+    time.sleep(pause)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=20)
+    assert time.monotonic() - start < 10
+    return stderr
+
+
 def test_sigterm_is_forwarded_to_the_job_which_checkpoints_and_run_pl_exits_99(tmp_path):
     job = script(tmp_path, "t.sh", "trap 'echo checkpointed; sleep 0.5; exit 99' TERM; touch ready; sleep 30 & wait")
     process = _start_and_wait_ready(tmp_path, job, "log/t.log")
-    start = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)  # the same stop request again (Slurm and a wrapping run.sh): no kill
-    _, stderr = process.communicate(timeout=20)
-    assert process.returncode == 99 and time.monotonic() - start < 10
+    # the same stop request twice (Slurm and a wrapping run.sh both send one): passed on, no kill
+    stderr = _signal_twice(process, signal.SIGTERM, 0.1)
+    assert process.returncode == 99
     assert "interrupted by SIGTERM" in stderr and "every stopped job checkpointed" in stderr
     text = (tmp_path / "log/t.log").read_text()
     assert "checkpointed\n" in text and FOOTER.search(text).group("code") == "99"
@@ -181,11 +189,7 @@ def test_sigterm_is_forwarded_to_the_job_which_checkpoints_and_run_pl_exits_99(t
 def test_a_job_that_does_not_checkpoint_makes_an_interrupted_run_pl_exit_2_and_ctrl_c_twice_kills(tmp_path):
     job = script(tmp_path, "i.sh", "trap 'echo stopping slowly; sleep 20; exit 0' INT; touch ready; sleep 30 & wait")
     process = _start_and_wait_ready(tmp_path, job, "log/i.log")
-    start = time.monotonic()
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)  # impatient: the second Ctrl-C kills
-    _, stderr = process.communicate(timeout=20)
-    assert process.returncode == 2 and time.monotonic() - start < 10
+    _signal_twice(process, signal.SIGINT, 0.5)  # impatient: the second Ctrl-C kills
+    assert process.returncode == 2
     text = (tmp_path / "log/i.log").read_text()
     assert "stopping slowly\n" in text and "# Ended (code 0; signal 9)" in text

@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO, single_process_env  # noqa: E402
 from _tiny_recipe import TINY_CONFIG, TINY_DISTILL_ARGS, make_tiny_distill_recipe  # noqa: E402
-from test_recipe_signals import (assert_same_student, checkpoints, kill_leftovers, logged_steps, start,  # noqa: E402,F401
+from test_recipe_signals import (assert_same_student, checkpoints, logged_steps, start,  # noqa: E402
                                  student_weights, wait_for_checkpoint_after)
+from test_recipe_signals import kill_leftovers  # noqa: E402,F401  (autouse fixture: no process outlives a test)
 
 UTILS = REPO / "egs" / "TEMPLATE" / "utils"
 NODES = [socket.gethostname().split(".")[0], socket.gethostname().split(".")[0] + "-n2"]  # tools/slurm_local.sh
@@ -126,7 +127,8 @@ def test_requests_no_node_can_meet_are_refused_at_submission(workdir, env, launc
 
 
 def test_array_job_with_one_failing_task_reports_it(workdir, env):
-    (workdir / "task.sh").write_text('#!/usr/bin/env bash\necho "task $1 on $SLURMD_NODENAME"; [ "$1" != 2 ] || exit 3\n')
+    (workdir / "task.sh").write_text('#!/usr/bin/env bash\n'
+                                     'echo "task $1 on $SLURMD_NODENAME"; [ "$1" != 2 ] || exit 3\n')
     (workdir / "task.sh").chmod(0o755)
     result = slurm([str(UTILS / "slurm.pl"), "--max-jobs-run", "2", "JOB=1:3", "log/a.JOB.log", "./task.sh", "JOB"],
                    workdir, env)
@@ -217,7 +219,8 @@ def test_stopped_three_ways_the_distillation_job_resumes_to_a_bitwise_equal_stud
 
 def test_run_sh_trains_on_two_nodes_as_one_process_with_the_same_global_batch(recipe, env):
     steps = 4
-    one = start(recipe, stage3("exp/one_process", steps, "--ngpu", "0", args=f"--accum_steps 2 --checkpoint_every {steps}"),
+    one = start(recipe, stage3("exp/one_process", steps, "--ngpu", "0",
+                               args=f"--accum_steps 2 --checkpoint_every {steps}"),
                 single_process_env(SPEECHDISTILL_ROOT=str(REPO)))
     two = subprocess.run(stage3("exp/two_nodes", steps, "--ngpu", "1", "--num_nodes", "2",
                                 args=f"--accum_steps 1 --checkpoint_every {steps} --device cpu"),
@@ -228,7 +231,8 @@ def test_run_sh_trains_on_two_nodes_as_one_process_with_the_same_global_batch(re
     console = (recipe / "exp/two_nodes/log/distill_train.log").read_text()
     assert re.search(r"^# Submitted with: sbatch --export=PATH --mem 1G --gres=gpu:1 --nodes 2 --ntasks-per-node 1 "
                      r"--cpus-per-task 1 --signal=B:USR1@120 ", console, re.M), console[:3000]
-    assert "srun --export=ALL --ntasks-per-node=1 --cpus-per-task=1 python -m speechdistill.bin.distill_train" in console
+    assert "srun --export=ALL --ntasks-per-node=1 --cpus-per-task=1 python -m speechdistill.bin.distill_train" \
+        in console
     train_log = (recipe / "exp/two_nodes/train.log").read_text()
     assert "launcher slurm: rank 0 of 2 (node 0, local rank 0); device cpu" in train_log
     job = show_job(job_ids(recipe / "exp/two_nodes/log/distill_train.log")[0], env)
