@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 import typing
 from pathlib import Path
@@ -122,8 +121,4 @@ def run_main(main: Callable[[], int], prog: Optional[str] = None) -> None:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         code = 130
-    # A stop request that arrives now (a job script passing on the signal Slurm already sent to every
-    # process) must not kill the interpreter while it exits and turn status 99 into a death by signal.
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, signal.SIG_IGN)
     sys.exit(code)

@@ -50,6 +50,11 @@ class RunDirLock:
                 f"{self.path}. Two runs in one experiment dir would overwrite each other's checkpoints and logs. "
                 f"Fix: wait for it to end, or stop it (kill {pid}; it checkpoints on SIGTERM) and rerun, which "
                 "resumes; or give this run another output dir") from None
+        except OSError as exc:  # a filesystem without locks (some NFS mounts): train, but say so
+            os.close(fd)
+            print(f"speechdistill: WARNING: cannot lock {self.path} ({exc}); nothing stops a second training run in "
+                  f"{self.directory}", file=sys.stderr)
+            return self
         os.ftruncate(fd, 0)
         os.write(fd, (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
                       f"started={time.strftime('%Y-%m-%dT%H:%M:%S')}\ncommand={' '.join(sys.argv)}\n").encode())
