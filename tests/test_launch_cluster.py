@@ -72,6 +72,12 @@ for id in "$@"; do
 done
 """
 
+FAKE_SCONTROL = r"""#!/usr/bin/env bash
+# Fake scontrol: the fake jobs are never requeued by the scheduler itself.
+d=${FAKE_SCHED_DIR:?}; printf '%s\n' "$*" >> "$d/scontrol.calls"
+echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1
+"""
+
 FAKE_QSUB = r"""#!/usr/bin/env bash
 # Fake qsub: records its arguments, then runs the job script once per task of -t a:b.
 d=${FAKE_SCHED_DIR:?}
@@ -111,6 +117,7 @@ def cluster(tmp_path):
     fake_bin = tmp_path / "fakebin"
     fake_bin.mkdir()
     for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("scancel", FAKE_CANCEL),
+                       ("scontrol", FAKE_SCONTROL),
                        ("qsub", FAKE_QSUB), ("qstat", FAKE_QSTAT), ("qdel", FAKE_CANCEL)):
         (fake_bin / name).write_text(text)
         (fake_bin / name).chmod(0o755)

@@ -149,7 +149,7 @@ def recipe(tmp_path_factory):
     return make_tiny_distill_recipe(tmp_path_factory.mktemp("slurm-recipe"))
 
 
-STEPS = 12
+STEPS = 16
 
 
 def stage3(exp: str, steps: int, *extra: str, args: str = "") -> list:
@@ -210,7 +210,8 @@ def test_stopped_three_ways_the_distillation_job_resumes_to_a_bitwise_equal_stud
     assert third.count("with status 99") == 1
     train_log = (exp / "train.log").read_text()
     assert [int(s) for s in re.findall(r"received: stopped after update (\d+)", train_log)] == stops
-    assert stops == sorted(set(stops)) and stops[-1] < STEPS and train_log.count("resuming from") == 3
+    # each stop came later than the one before (the last may land on the final update: its rerun only exports)
+    assert stops == sorted(set(stops)) and stops[1] < STEPS and train_log.count("resuming from") == 3
     _, stderr = reference.communicate(timeout=300)
     assert reference.returncode == 0, stderr[-3000:]
     assert_same_student(exp, recipe / "exp" / "reference")

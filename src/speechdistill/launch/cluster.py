@@ -175,9 +175,10 @@ class Scheduler:
         """The submit command that only checks whether the scheduler could ever run the job, or None."""
         return None
 
-    def requeued_by_scheduler(self, job_id: Optional[str], index: Optional[int]) -> bool:
-        """True when the scheduler itself put the job (task ``index`` of an array) back in its queue,
-        e.g. after ``scontrol requeue`` or a preemption, so that it will run again without a resubmission."""
+    def requeued_by_scheduler(self, job_id: Optional[str], index: Optional[int], done_run: int) -> bool:
+        """True when the scheduler itself put the job (task ``index`` of an array) back in its queue after
+        its run ``done_run`` (0 = first) ended, e.g. after ``scontrol requeue`` or a preemption, so that it
+        runs again without a resubmission."""
         return False
 
 
@@ -231,22 +232,30 @@ class Slurm(Scheduler):
         size = len(config.command)
         return argv[:size] + ["--test-only"] + argv[size:]
 
-    def requeued_by_scheduler(self, job_id, index, settle: float = 30.0):
+    def requeued_by_scheduler(self, job_id, index, done_run, settle: float = 30.0):
+        """Slurm counts a job's requeues (``Restarts``, ``SLURM_RESTART_COUNT`` in the job): a count above
+        the one of the run that wrote the done-file, or a job pending again, means Slurm reruns it."""
         if not job_id:
             return False
         target = job_id if index is None else f"{job_id}_{index}"
         deadline = time.monotonic() + settle
         while True:
-            # the done-file is written just before the batch script ends: wait until Slurm has moved on
             try:
-                result = subprocess.run(["squeue", "-h", "-j", target, "-o", "%T"], capture_output=True, text=True,
+                result = subprocess.run(["scontrol", "show", "job", target], capture_output=True, text=True,
                                         timeout=60, check=False)
             except (OSError, subprocess.TimeoutExpired):
                 return False
-            states = set(result.stdout.split()) if result.returncode == 0 else set()
-            if not states & {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING"} \
+            state = re.search(r"\bJobState=(\S+)", result.stdout) if result.returncode == 0 else None
+            restarts = re.search(r"\bRestarts=(\d+)", result.stdout) if result.returncode == 0 else None
+            if state is None:
+                return False  # no longer known to Slurm
+            if (restarts is not None and int(restarts.group(1)) > done_run) \
+                    or state.group(1) in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
+                return True
+            # the done-file is written just before the batch script ends: wait until Slurm has moved on
+            if state.group(1) not in ("RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING") \
                     or time.monotonic() >= deadline:
-                return bool(states & {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
+                return False
             time.sleep(0.5)
 
 
@@ -452,7 +461,8 @@ def job_script(request: LaunchRequest, scheduler: Scheduler, *, cwd: str, thread
               'echo "# Finished at $(date) with status $ret" >> "$log"']
     if scheduler.exit_100_before_sync:
         lines.append('if [ "$ret" -eq 137 ]; then exit 100; fi  # out of memory: Grid Engine error state, re-runnable')
-    lines.append('touch "$sync_file"')
+    # the done-file holds which run of the job wrote it (Slurm counts the requeues it does itself)
+    lines.append('echo "${SLURM_RESTART_COUNT:-0}" > "$sync_file"')
     if not scheduler.exit_100_before_sync:
         lines.append('if [ "$ret" -eq 137 ]; then exit 100; fi  # killed, most likely out of memory')
     lines += ['if [ "$ret" -eq 0 ]; then exit 0; fi', "exit 1", "## submitted with:", f"# {submit_line}", ""]
@@ -465,6 +475,15 @@ def _write_executable(path: Path, text: str) -> None:
     tmp.write_text(text, encoding="utf-8")
     os.chmod(tmp, 0o755)
     os.replace(tmp, path)
+
+
+def _done_run(sync: Path) -> int:
+    """Which run of the job wrote the done-file (its first line; 0 when empty or unreadable)."""
+    try:
+        text = sync.read_text(encoding="utf-8").strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
 
 
 def read_status(log: Path, wait: float) -> Optional[int]:
@@ -635,7 +654,8 @@ class ClusterRun:
                 if not task.sync.exists():
                     continue
                 task.status = read_status(task.log, self.status_wait)
-                if task.status != 0 and self.scheduler.requeued_by_scheduler(task.job_id, task.index):
+                if task.status != 0 and self.scheduler.requeued_by_scheduler(task.job_id, task.index,
+                                                                             _done_run(task.sync)):
                     # the scheduler reruns it (scontrol requeue, preemption); its rerun appends to the log
                     task.sync.unlink(missing_ok=True)
                     print(f"{self.prog}: job {task.job_id}{'' if task.index is None else f'_{task.index}'} ended "
