@@ -50,8 +50,9 @@ def copy_librispeech_recipe(root: Path) -> Path:
 
 def single_process_env(**extra: str) -> dict:
     """This environment for a child process on one thread, outside any torchrun / Slurm launch (their
-    variables would make the trainer join a process group), plus ``extra``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")
+    variables would make the trainer join a process group), plus ``extra``. SLURM_CONF (where the
+    Slurm clients find a cluster, not a launch variable) is kept."""
+    env = {name: value for name, value in os.environ.items() if (not name.startswith("SLURM_") or name == "SLURM_CONF")
            and name not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
     return env
@@ -75,3 +76,19 @@ def librispeech_tiny_stages_0_1(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "mini librispeech: built" in result.stdout, result.stdout[-4000:]
     return recipe
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real Slurm of two nodes on this machine (tools/slurm_local.sh: munged, slurmctld, two slurmd; 4 fake
+    GPUs per node), for the whole session; yields its slurm.conf path (give it to clients as SLURM_CONF).
+    Skips, with the reason, only where one cannot run here (no packages and no root to install them)."""
+    directory = tmp_path_factory.mktemp("slurm")
+    script = REPO / "tools" / "slurm_local.sh"
+    started = subprocess.run([str(script), "start", "--nodes", "2", "--dir", str(directory)], capture_output=True,
+                             text=True, timeout=600)
+    if started.returncode == 3:
+        pytest.skip(started.stderr.strip())
+    assert started.returncode == 0, f"tools/slurm_local.sh start failed:\n{started.stdout}{started.stderr}"
+    yield directory / "slurm.conf"
+    subprocess.run([str(script), "stop", "--dir", str(directory)], capture_output=True, text=True, timeout=120)

@@ -6,6 +6,7 @@ array ranges, logs, done-files, exit codes, requeue and cancellation are all che
 """
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -19,6 +20,14 @@ UTILS = REPO / "egs" / "TEMPLATE" / "utils"
 FAKE_SBATCH = r"""#!/usr/bin/env bash
 # Fake sbatch: records its arguments, then runs the job script once per array task.
 d=${FAKE_SCHED_DIR:?}
+if [[ " $* " == *" --test-only "* ]]; then
+  printf '%s\n' "$@" > "$d/sbatch.test-only.args"
+  if [ -n "${FAKE_REFUSE:-}" ]; then
+    echo "sbatch: error: Batch job submission failed: Requested node configuration is not available" >&2; exit 1
+  fi
+  echo "sbatch: Job 999 to start at 2026-12-06T00:00:00 using 1 processors on nodes node1 in partition debug" >&2
+  exit 0
+fi
 n=$(( $(cat "$d/sbatch.count" 2>/dev/null || echo 0) + 1 )); echo "$n" > "$d/sbatch.count"
 printf '%s\n' "$@" > "$d/sbatch.$n.args"
 args=("$@"); array=""; out=/dev/null
@@ -63,6 +72,12 @@ for id in "$@"; do
 done
 """
 
+FAKE_SCONTROL = r"""#!/usr/bin/env bash
+# Fake scontrol: the fake jobs are never requeued by the scheduler itself.
+d=${FAKE_SCHED_DIR:?}; printf '%s\n' "$*" >> "$d/scontrol.calls"
+echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1
+"""
+
 FAKE_QSUB = r"""#!/usr/bin/env bash
 # Fake qsub: records its arguments, then runs the job script once per task of -t a:b.
 d=${FAKE_SCHED_DIR:?}
@@ -102,6 +117,7 @@ def cluster(tmp_path):
     fake_bin = tmp_path / "fakebin"
     fake_bin.mkdir()
     for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("scancel", FAKE_CANCEL),
+                       ("scontrol", FAKE_SCONTROL),
                        ("qsub", FAKE_QSUB), ("qstat", FAKE_QSTAT), ("qdel", FAKE_CANCEL)):
         (fake_bin / name).write_text(text)
         (fake_bin / name).chmod(0o755)
@@ -148,9 +164,12 @@ def test_slurm_array_job_options_logs_and_success(cluster):
     script = cluster.dir / "exp/x/q/t.sh"
     # options mapped through the toolkit's conf/slurm.conf, then the q-log, the array with %max, the script
     assert cluster.calls("sbatch") == [[
-        "--export=PATH", "--ntasks-per-node=1", "--mem-per-cpu", "2G", "--cpus-per-task", "2", "--gres=gpu:1",
-        "--job-name", "exp_x_train", "--open-mode=append", "-e", "exp/x/q/t.log", "-o", "exp/x/q/t.log",
-        "--array", "1-3%2", str(script)]]
+        "--export=PATH", "--mem", "2G", "--cpus-per-task", "2", "--gres=gpu:1", "--job-name", "exp_x_train",
+        "--ntasks-per-node", "1", "--signal=B:USR1@120", "--open-mode=append", "-e", "exp/x/q/t.log",
+        "-o", "exp/x/q/t.log", "--array", "1-3%2", str(script)]]
+    # the same line went to 'sbatch --test-only' first
+    assert (cluster.calls_dir / "sbatch.test-only.args").read_text().splitlines() == \
+        ["--export=PATH", "--test-only"] + cluster.calls("sbatch")[0][1:]
     assert "job name 'exp/x/train' sanitised to 'exp_x_train'" in result.stderr
     for index in (1, 2, 3):
         lines = (cluster.dir / f"exp/x/log/t.{index}.log").read_text().splitlines()
@@ -172,8 +191,9 @@ def test_single_job_has_no_array_and_its_own_q_dir(cluster):
     result = cluster.run("slurm.pl", "log/one.log", "echo", "hello")
     assert result.returncode == 0, result.stderr
     # 'default gpu=0' of the config applies; 'option gpu=0' adds nothing; no --array
-    assert cluster.calls("sbatch") == [["--export=PATH", "--ntasks-per-node=1", "--open-mode=append", "-e",
-                                        "log/q/one.log", "-o", "log/q/one.log", str(cluster.dir / "log/q/one.sh")]]
+    assert cluster.calls("sbatch") == [["--export=PATH", "--ntasks-per-node", "1", "--signal=B:USR1@120",
+                                        "--open-mode=append", "-e", "log/q/one.log", "-o", "log/q/one.log",
+                                        str(cluster.dir / "log/q/one.sh")]]
     assert (cluster.dir / "log/one.log").read_text().splitlines()[-1].endswith("with status 0")
     script = (cluster.dir / "log/q/one.sh").read_text()
     assert re.search(r"sync_file=\S+/log/q/done\.\d+\n", script)  # no .<task> suffix
@@ -285,8 +305,12 @@ def test_config_file_errors(cluster, config, code, message):
     assert cluster.calls("sbatch") == []
 
 
-def test_submit_program_missing_from_path(cluster):
-    result = cluster.run("slurm.pl", "a.log", "true", extra_env={"PATH": "/usr/bin:/bin"})
+def test_submit_program_missing_from_path(cluster, tmp_path):
+    bare = tmp_path / "bare-bin"  # what the wrapper needs, and no sbatch (which /usr/bin may have)
+    bare.mkdir()
+    for tool in ("bash", "dirname"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    result = cluster.run("slurm.pl", "a.log", "true", extra_env={"PATH": str(bare)})
     assert result.returncode == 1 and "'sbatch' (the submit command of" in result.stderr
 
 
@@ -327,3 +351,16 @@ def test_queue_conf_requires_dollar0_in_star_options(cluster):
     (cluster.dir / "q.conf").write_text("command qsub\noption mem=* -l mem_free\n")
     result = cluster.run("queue.pl", "--config", "q.conf", "--mem", "1G", "a.log", "true")
     assert result.returncode == 1 and "q.conf:2" in result.stderr and "no $0" in result.stderr
+
+
+def test_readme_shows_the_sbatch_lines_of_1_8_and_2x4_gpu_training_jobs(cluster):
+    """README "One GPU, several GPUs, a Slurm cluster": the lines utils/launch_training.sh and slurm.pl submit
+    for stage 3 with the default conf/slurm.conf and cmd.sh's cuda_cmd."""
+    readme = (REPO / "README.md").read_text()
+    log = "exp/distill_distilhubert/log/distill_train.log"
+    for options in (["--ngpu", "1"], ["--ngpu", "8"], ["--ngpu", "4", "--num_nodes", "2"]):
+        cluster.run("launch_training.sh", "--cmd", f"{UTILS / 'slurm.pl'} --mem 16G", *options, log, "python", "-m",
+                    "speechdistill.bin.distill_train", "--config", "conf/distilhubert.yaml",
+                    extra_env={"FAKE_SCHED_MODE": "lose"})
+        line = "sbatch " + " ".join(cluster.calls("sbatch")[-1]).replace(f"{cluster.dir}/", "$PWD/")
+        assert f"# ./run.sh --stage 3 --stop_stage 3 {' '.join(options)}\n{line}\n" in readme

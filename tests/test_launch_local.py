@@ -145,24 +145,51 @@ def test_gpu_jobs_get_their_own_devices(tmp_path):
     assert devices[:2] == ["0", "1"] and sorted(devices[2:]) == ["0", "1"]
 
 
-def test_requeue_code_is_a_failure_locally_with_a_resume_hint(tmp_path):
+def test_requeue_code_passes_through_run_pl_with_a_resume_hint(tmp_path):
     result = run_pl(tmp_path, "log/r.log", "exit", "99")
-    assert result.returncode == 1
-    assert "rerun the same command with --pick failed" in result.stderr
+    assert result.returncode == 99
+    assert "rerun the same command" in result.stderr
+    # one job asking for requeue and one failing: a failure
+    job = script(tmp_path, "mixed.sh", '[ "$1" = 1 ] && exit 99; exit 3')
+    assert run_pl(tmp_path, "JOB=1:2", "log/m.JOB.log", job, "JOB").returncode == 1
 
 
-def test_sigterm_is_forwarded_to_the_job_which_can_checkpoint(tmp_path):
-    job = script(tmp_path, "t.sh", "trap 'echo checkpointed; exit 99' TERM; touch ready; sleep 30 & wait")
-    process = subprocess.Popen([str(RUN_PL), "log/t.log", job], cwd=tmp_path, stdout=subprocess.PIPE,
+def _start_and_wait_ready(tmp_path, job, *launcher_args):
+    process = subprocess.Popen([str(RUN_PL), *launcher_args, job], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     for _ in range(200):
         if (tmp_path / "ready").exists():
             break
         time.sleep(0.05)
+    return process
+
+
+def _signal_twice(process, signum, pause):
+    """Send ``signum`` to run.pl twice, ``pause`` s apart; returns its stderr once it ended (within 10 s)."""
     start = time.monotonic()
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
+    time.sleep(pause)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=20)
-    assert process.returncode == 2 and time.monotonic() - start < 10
-    assert "interrupted by SIGTERM" in stderr
+    assert time.monotonic() - start < 10
+    return stderr
+
+
+def test_sigterm_is_forwarded_to_the_job_which_checkpoints_and_run_pl_exits_99(tmp_path):
+    job = script(tmp_path, "t.sh", "trap 'echo checkpointed; sleep 0.5; exit 99' TERM; touch ready; sleep 30 & wait")
+    process = _start_and_wait_ready(tmp_path, job, "log/t.log")
+    # the same stop request twice (Slurm and a wrapping run.sh both send one): passed on, no kill
+    stderr = _signal_twice(process, signal.SIGTERM, 0.1)
+    assert process.returncode == 99
+    assert "interrupted by SIGTERM" in stderr and "every stopped job checkpointed" in stderr
     text = (tmp_path / "log/t.log").read_text()
     assert "checkpointed\n" in text and FOOTER.search(text).group("code") == "99"
+
+
+def test_a_job_that_does_not_checkpoint_makes_an_interrupted_run_pl_exit_2_and_ctrl_c_twice_kills(tmp_path):
+    job = script(tmp_path, "i.sh", "trap 'echo stopping slowly; sleep 20; exit 0' INT; touch ready; sleep 30 & wait")
+    process = _start_and_wait_ready(tmp_path, job, "log/i.log")
+    _signal_twice(process, signal.SIGINT, 0.5)  # impatient: the second Ctrl-C kills
+    assert process.returncode == 2
+    text = (tmp_path / "log/i.log").read_text()
+    assert "stopping slowly\n" in text and "# Ended (code 0; signal 9)" in text

@@ -9,6 +9,10 @@
 # changed since the last successful install, it returns in about a second. System programs
 # (ffmpeg) come from tools/install_system.sh (apt-get when run as root;
 # SPEECHDISTILL_SKIP_SYSTEM=1 skips it).
+#
+# Run as root on Debian/Ubuntu, it also installs the system packages slurm-wlm and munge when they are
+# missing (tools/slurm_local.sh install): the tests run slurm.pl against a real local Slurm. Without root
+# those tests skip, saying why; SPEECHDISTILL_SKIP_SLURM=1 leaves the packages alone.
 set -euo pipefail
 
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -17,6 +21,15 @@ venv=${tools_dir}/venv
 th_version=${TH_VERSION:-2.13.0}
 python=${PYTHON:-python3}
 stamp=${venv}/.speechdistill_install_stamp
+
+if [ "${SPEECHDISTILL_SKIP_SLURM:-}" != 1 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
+        "${tools_dir}/slurm_local.sh" install
+    elif ! command -v sbatch > /dev/null 2>&1; then
+        echo "tools/install.sh: slurm-wlm and munge are not installed (needs root: apt-get install slurm-wlm munge);" \
+             "the tests on a real Slurm will skip"
+    fi
+fi
 
 want_stamp() {
     # What the install depends on: torch version and the package metadata.

@@ -11,12 +11,15 @@
 #   sge     utils/queue.pl: Sun/Univa Grid Engine through qsub.
 #   slurm   utils/slurm.pl: Slurm through sbatch.
 #
-# The cluster launchers turn --mem, --num-threads, --gpu, --time, --name, --num-nodes into
-# scheduler arguments through conf/queue.conf or conf/slurm.conf: the recipe's own conf/ if it
-# has one, else the toolkit's top-level conf/. An option the config does not describe is an
-# error, so add site-specific lines (partitions, queues, accounts) there, not here.
-# Jobs that exit with status 99 (the trainer checkpointed on SIGTERM/SIGUSR1, e.g. when
-# preempted) are resubmitted by queue.pl/slurm.pl up to --max-requeue times (default 3).
+# The cluster launchers turn --mem (per node), --num-threads (CPUs per task), --gpu (per node),
+# --time, --name, --num-nodes, --tasks-per-node into scheduler arguments through conf/queue.conf
+# or conf/slurm.conf: the recipe's own conf/ if it has one, else the toolkit's top-level conf/.
+# An option the config does not describe is an error, so add site-specific lines (partitions,
+# queues, accounts) there, not here. Training stages ask for CPUs and memory per GPU themselves
+# (run.sh --cpus_per_gpu, --mem_per_gpu; their --mem replaces the one below).
+# Jobs that exit with status 99 (the trainer checkpointed on SIGTERM/SIGUSR1, e.g. at the time
+# limit or when preempted) are resubmitted by queue.pl/slurm.pl up to --max-requeue times
+# (default 3); run.pl exits 99 itself, and so does run.sh.
 cmd_backend=${cmd_backend:-local}
 
 case "${cmd_backend}" in

@@ -37,7 +37,8 @@ ngpu=auto                         # GPUs per node; auto = the visible CUDA GPUs 
                                   # CPU; >1 starts one process per GPU (torchrun)
 threads=0                         # CPU threads of each training job (0: torch's default, 1 under path.sh)
 num_nodes=1                       # >1: one srun task per GPU on every node (needs cmd_backend=slurm)
-cpus_per_gpu=4                    # CPUs given to each training process under Slurm
+cpus_per_gpu=4                    # CPUs of each training process (one per GPU; the one of a CPU job) on a cluster
+mem_per_gpu=32                    # GB of memory of each training process on a cluster (--mem per node = sum)
 redo=false                        # true: redo stages 2-3 even where their markers say they are done
 # stages 4-5: ASR downstream (SUPERB-style probe on frozen features; README: "ASR downstream")
 upstream=                         # frozen upstream(s), space-separated (any model load_model reads); default:
@@ -62,22 +63,26 @@ results_dir=                      # stage 6: where RESULTS.md and the PNGs go (d
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
+. utils/stop_signals.sh  # run_job, wait_jobs: SIGTERM/SIGINT reach the jobs (a checkpointing trainer: exit 99)
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
-# with_progress FILE CMD...: run CMD; with --demo true, also show the lines it writes to FILE (the trainer's
-# train.log: loss, throughput, validation) while it runs, so that a newcomer sees the run move.
+# with_progress FILE CMD...: run_job CMD; with --demo true, also show the lines it writes to FILE (the
+# trainer's train.log: loss, throughput, validation) while it runs, so that a newcomer sees the run move.
 with_progress() {
-    if [ "${demo}" != true ]; then "${@:2}"; return; fi
-    local file=$1 pid tail_pid rc=0
+    if [ "${demo}" != true ]; then run_job "${@:2}"; return; fi
+    local file=$1 alive tail_pid rc=0
     shift
-    "$@" &
-    pid=$!
-    tail -n 0 -F --pid="${pid}" "${file}" 2> /dev/null | sed -u "s/^/    | ${progress_label:+${progress_label}: }/" &
+    sleep 100000 &  # tail follows the file while this lives
+    alive=$!
+    tail -n 0 -F --pid="${alive}" "${file}" 2> /dev/null | sed -u "s/^/    | ${progress_label:+${progress_label}: }/" &
     tail_pid=$!
-    wait "${pid}" || rc=$?
+    run_job "$@" || rc=$?
+    kill "${alive}" 2> /dev/null || true
     wait "${tail_pid}" || true
     return "${rc}"
 }
+# training jobs: CPUs and memory per process on a cluster (utils/launch_training.sh)
+train_resources=(--cpus_per_gpu "${cpus_per_gpu}" --mem_per_gpu "${mem_per_gpu}")
 
 # a wrong --distill_config is reported before stages 0-2 spend hours
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ] && [ ! -f "${distill_config}" ]; then
@@ -145,8 +150,8 @@ data=data/${train_set},data/${valid_set}"
                 log "  no --teacher given: training a HuBERT-style teacher from scratch with ${pretrain_config}" \
                     "-> ${pretrain_dir}/hf (console: ${pretrain_dir}/log/pretrain_hubert.log; progress: ${pretrain_dir}/train.log)"
                 # shellcheck disable=SC2086  # pretrain_args is split into words
-                with_progress "${pretrain_dir}/train.log" \
-                    ${cuda_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${pretrain_dir}/log/pretrain_hubert.log" \
+                with_progress "${pretrain_dir}/train.log" utils/launch_training.sh --cmd "${cuda_cmd}" \
+                    --ngpu "$((ngpu > 0 ? 1 : 0))" "${train_resources[@]}" "${pretrain_dir}/log/pretrain_hubert.log" \
                     python -m speechdistill.bin.pretrain_hubert --config "${pretrain_config}" \
                     --train-data "data/${train_set}" --valid-data "data/${valid_set}" --output-dir "${pretrain_dir}" \
                     --device "${device}" "${thread_opts[@]}" ${pretrain_args}
@@ -166,7 +171,7 @@ teacher_md5=${teacher_md5}"
         else
             # import_teacher checks the checkpoint (format, architecture, every weight's name and shape)
             import_log=exp/log/import_$(basename "${teacher_dir}").log
-            ${train_cmd} "${import_log}" \
+            run_job ${train_cmd} "${import_log}" \
                 python -m speechdistill.bin.import_teacher --src "${teacher_src}" --out "${teacher_dir}" --force
             grep -E '"(format|architecture|shape|params)"' "${import_log}" | sed 's/^ */    /' || true
             echo "${marker}" > "${teacher_dir}/.stage2.done"
@@ -216,18 +221,11 @@ $(paste -sd' ' "${teacher_dir}/.stage2.done") data=data/${train_set},data/${vali
             train=(-m speechdistill.bin.distill_train --config "${configs[i]}" --train-data "data/${train_set}"
                    --valid-data "data/${valid_set}" --teacher "${teacher_dir}" --output-dir "${out}"
                    --device "${device}" "${student_from[@]}" "${thread_opts[@]}")
+            # one process, torchrun with one rank per GPU, or srun with one rank per GPU on every node
             # shellcheck disable=SC2086  # distill_args is split into words, as ESPnet's --asr_args
-            if [ "${num_nodes}" -gt 1 ]; then
-                ${cuda_cmd} --gpu "${ngpu}" --num_threads $((ngpu * cpus_per_gpu)) --num_nodes "${num_nodes}" \
-                    "${out}/log/distill_train.log" srun --export=ALL --ntasks-per-node="${ngpu}" \
-                    --cpus-per-task="${cpus_per_gpu}" python "${train[@]}" ${distill_args}
-            elif [ "${ngpu}" -gt 1 ]; then
-                ${cuda_cmd} --gpu "${ngpu}" "${out}/log/distill_train.log" \
-                    python -m speechdistill.bin.torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${distill_args}
-            else
-                with_progress "${out}/train.log" ${cuda_cmd} --gpu "${ngpu}" "${out}/log/distill_train.log" \
-                    python "${train[@]}" ${distill_args}
-            fi
+            with_progress "${out}/train.log" utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${ngpu}" \
+                --num_nodes "${num_nodes}" "${train_resources[@]}" "${out}/log/distill_train.log" \
+                python "${train[@]}" ${distill_args}
             student_from=(--student_from "${out}/student")
         done
         { echo "${settings}"; echo "student=${distill_exp}/student"; } > "${distill_exp}/.stage3.done"
@@ -281,7 +279,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
         token_dir=data/token_list/bpe_${bpemode}${nbpe}
         token_opts=(--vocab-size "${nbpe}" --model-type "${bpemode}")
     fi
-    ${train_cmd} "exp/log/asr_tokenizer.$(basename "${token_dir}").log" python -m speechdistill.bin.asr_tokenizer \
+    run_job ${train_cmd} "exp/log/asr_tokenizer.$(basename "${token_dir}").log" python -m speechdistill.bin.asr_tokenizer \
         --token-type "${token_type}" --data "data/${train_set}" --out "${token_dir}" "${token_opts[@]}"
     log "  $(grep '^asr_tokenizer' "exp/log/asr_tokenizer.$(basename "${token_dir}").log" | tail -n 1)"
 
@@ -303,7 +301,7 @@ data=data/${train_set},data/${valid_set}"
         feature_opts=()
         if [ "${asr_dump_features}" = true ]; then
             for dset in "${train_set}" "${valid_set}"; do
-                ${train_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${asr_exp}/log/dump_features.${dset}.log" \
+                run_job ${train_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${asr_exp}/log/dump_features.${dset}.log" \
                     python -m speechdistill.bin.dump_features --upstream "${upstream}" --data "data/${dset}" \
                     --out "${asr_exp}/dump/${dset}" --device "${asr_device}"
             done
@@ -314,13 +312,8 @@ data=data/${train_set},data/${valid_set}"
                --valid-data "data/${valid_set}" --upstream "${upstream}" --token-dir "${token_dir}"
                --output-dir "${asr_exp}" --device "${asr_device}" "${feature_opts[@]}")
         # shellcheck disable=SC2086  # asr_args is split into words, as ESPnet's --asr_args
-        if [ "${ngpu}" -gt 1 ]; then
-            ${cuda_cmd} --gpu "${ngpu}" "${asr_exp}/log/asr_train.log" \
-                python -m speechdistill.bin.torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${asr_args}
-        else
-            with_progress "${asr_exp}/train.log" ${cuda_cmd} --gpu "${ngpu}" "${asr_exp}/log/asr_train.log" \
-                python "${train[@]}" ${asr_args}
-        fi
+        with_progress "${asr_exp}/train.log" utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${ngpu}" \
+            "${train_resources[@]}" "${asr_exp}/log/asr_train.log" python "${train[@]}" ${asr_args}
         echo "${settings}" > "${asr_exp}/.stage4.done"
         log "  probe done: ${asr_exp}/asr_model ($(grep -o 'validation at update.*' "${asr_exp}/train.log" | tail -n 1))"
     }
@@ -335,8 +328,8 @@ data=data/${train_set},data/${valid_set}"
         pids+=($!)
     done
     failed=0
-    for pid in "${pids[@]}"; do wait "${pid}" || failed=1; done
-    [ "${failed}" = 0 ] || { log "error: an ASR probe failed; see the logs named above"; exit 1; }
+    wait_jobs "${pids[@]}" || failed=$?
+    [ "${failed}" = 0 ] || { log "error: an ASR probe failed; see the logs named above"; exit "${failed}"; }
     log "stage 4 done: ${asr_exps[*]}"
 fi
 
@@ -368,7 +361,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
                     reverb) [ -n "${rir_dir}" ] && condition_opts=(--rir-data "${rir_dir}") ;;
                 esac
                 # shellcheck disable=SC2086  # decode_args is split into words
-                ${decode_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${out}/log/asr_decode.log" \
+                run_job ${decode_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${out}/log/asr_decode.log" \
                     python -m speechdistill.bin.asr_decode --asr-model "${asr_exp}/asr_model" --data "data/${eval_set}" \
                     --output-dir "${out}" --condition "${condition}" --seed "${condition_seed}" --device "${asr_device}" \
                     "${condition_opts[@]}" ${decode_args}
@@ -396,8 +389,8 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         pids+=($!)
     done
     failed=0
-    for pid in "${pids[@]}"; do wait "${pid}" || failed=1; done
-    [ "${failed}" = 0 ] || { log "error: a decode failed; see the logs named above"; exit 1; }
+    wait_jobs "${pids[@]}" || failed=$?
+    [ "${failed}" = 0 ] || { log "error: a decode failed; see the logs named above"; exit "${failed}"; }
     log "stage 5 done: ${asr_exps[*]/%//RESULTS.md}"
 fi
 
@@ -419,7 +412,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
             "${teacher_dir}") report_opts+=(--asr-exp "teacher=${asr_exps[i]}") ;;
         esac
     done
-    ${train_cmd} "${results_dir}/log/distill_report.log" python -m speechdistill.bin.distill_report \
+    run_job ${train_cmd} "${results_dir}/log/distill_report.log" python -m speechdistill.bin.distill_report \
         --teacher "${teacher_dir}" --student "${distill_exp}/student" --random-student "${distill_exp}/random_student" \
         --distill-exp "${distill_exp}" --data "data/${valid_set}" --out "${results_dir}" \
         --method "$(basename "${distill_config}" .yaml)" "${report_opts[@]}"

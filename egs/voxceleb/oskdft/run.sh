@@ -37,7 +37,8 @@ sv_args=                          # extra sv_train options, e.g. "--max_steps 30
 ngpu=auto                         # GPUs per node; auto = the visible CUDA GPUs (0 without CUDA); 0 trains on CPU;
                                   # >1 starts one process per GPU (torchrun)
 num_nodes=1                       # >1: one srun task per GPU on every node (needs cmd_backend=slurm)
-cpus_per_gpu=4                    # CPUs given to each training process under Slurm
+cpus_per_gpu=4                    # CPUs of each training process (one per GPU; the one of a CPU job) on a cluster
+mem_per_gpu=32                    # GB of memory of each training process on a cluster (--mem per node = sum)
 tta_segments=0                    # stage 4: test-time augmentation segments per utterance (OS-KDFT: 5); 0 = off
 segment_seconds=3                 # stage 4: length of a TTA segment in seconds
 extract_args=                     # stage 4: extra sv_extract options, e.g. "--batch-seconds 60"
@@ -49,6 +50,9 @@ redo=false                        # true: redo stages 2-4 even where their marke
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
+. utils/stop_signals.sh  # run_job: SIGTERM/SIGINT reach the jobs (a checkpointing trainer: exit 99)
+# training jobs: CPUs and memory per process on a cluster (utils/launch_training.sh)
+train_resources=(--cpus_per_gpu "${cpus_per_gpu}" --mem_per_gpu "${mem_per_gpu}")
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
 
@@ -135,14 +139,14 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
                 mkdir -p exp/log
                 started=$(date +%s)
                 # shellcheck disable=SC2086  # pretrain_args is split into words
-                ${cuda_cmd} --gpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" exp/log/pretrain_hubert.log \
-                    python -m speechdistill.bin.pretrain_hubert --config "${pretrain_config}" \
+                run_job utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" \
+                    "${train_resources[@]}" exp/log/pretrain_hubert.log python -m speechdistill.bin.pretrain_hubert --config "${pretrain_config}" \
                     --train-data "data/${train_set}" --output-dir "${pretrain_dir}" \
                     --device "$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)" ${pretrain_args}
                 grep -o 'update [0-9]*/[0-9]* epoch.*acc_unmasked [^ ]*' "${pretrain_dir}/train.log" 2> /dev/null \
                     | tail -n 1 | sed 's/^/    last /' || true
                 teacher_src=$(cd "${pretrain_dir}" && pwd -P)/hf
-                ${train_cmd} exp/log/import_teacher.log \
+                run_job ${train_cmd} exp/log/import_teacher.log \
                     python -m speechdistill.bin.import_teacher --src "${teacher_src}" --out "${teacher_dir}" --force
                 printf 'teacher=%s\n%s\n' "${teacher_src}" "${pretrained}" > "${teacher_dir}/.stage2.done"
                 log "stage 2 done: tiny HuBERT teacher pretrained in $(($(date +%s) - started)) s, imported to ${teacher_dir}"
@@ -162,7 +166,7 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
             log "${teacher_dir} already holds ${teacher_src}; kept"
         else
             # import_teacher checks the checkpoint (format, architecture, every weight's name and shape)
-            ${train_cmd} exp/log/import_teacher.log \
+            run_job ${train_cmd} exp/log/import_teacher.log \
                 python -m speechdistill.bin.import_teacher --src "${teacher_src}" --out "${teacher_dir}" --force
             grep -E '"(format|architecture|shape|params)"' exp/log/import_teacher.log | sed 's/^ */    /' || true
             echo "teacher=${teacher_src}" > "${teacher_dir}/.stage2.done"
@@ -198,18 +202,14 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         train=(-m speechdistill.bin.sv_train --config "${sv_config}" --train-data "data/${train_set}"
                "${teacher_opts[@]}" --output-dir "${sv_exp}" --device "${device}")
         log "  console: ${sv_exp}/log/sv_train.log; a rerun resumes from ${sv_exp}/checkpoints"
-        # shellcheck disable=SC2086  # sv_args is split into words
-        if [ "${num_nodes}" -gt 1 ]; then
-            [[ "${cuda_cmd}" == *slurm.pl* ]] || { log "error: --num_nodes ${num_nodes} needs Slurm (cmd_backend=slurm)"; exit 1; }
-            ${cuda_cmd} --gpu "${ngpu}" --num_threads $((ngpu * cpus_per_gpu)) --num_nodes "${num_nodes}" \
-                "${sv_exp}/log/sv_train.log" srun --export=ALL --ntasks-per-node="${ngpu}" \
-                --cpus-per-task="${cpus_per_gpu}" python "${train[@]}" ${sv_args}
-        elif [ "${ngpu}" -gt 1 ]; then
-            ${cuda_cmd} --gpu "${ngpu}" "${sv_exp}/log/sv_train.log" \
-                python -m speechdistill.bin.torchrun --standalone --nproc_per_node "${ngpu}" "${train[@]}" ${sv_args}
-        else
-            ${cuda_cmd} --gpu "${ngpu}" "${sv_exp}/log/sv_train.log" python "${train[@]}" ${sv_args}
+        if [ "${num_nodes}" -gt 1 ] && [[ "${cuda_cmd}" != *slurm.pl* ]]; then
+            log "error: --num_nodes ${num_nodes} needs Slurm (cmd_backend=slurm)"
+            exit 1
         fi
+        # one process, torchrun with one rank per GPU, or srun with one rank per GPU on every node
+        # shellcheck disable=SC2086  # sv_args is split into words
+        run_job utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${ngpu}" --num_nodes "${num_nodes}" \
+            "${train_resources[@]}" "${sv_exp}/log/sv_train.log" python "${train[@]}" ${sv_args}
         echo "${settings}" > "${sv_exp}/.stage3.done"
         record_time 3 "${started}" "training"
         log "stage 3 done: ${sv_exp}/sv_model ($(grep -o 'exported the speaker model.*' "${sv_exp}/train.log" | tail -n 1))"
@@ -233,7 +233,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     for set in ${sets}; do
         tta=$([ "${set}" = "${train_set}" ] && echo 0 || echo "${tta_segments}")
         # shellcheck disable=SC2086  # extract_args is split into words
-        ${cuda_cmd} --gpu "${gpu}" "${sv_exp}/log/extract_${set}.log" \
+        run_job ${cuda_cmd} --gpu "${gpu}" "${sv_exp}/log/extract_${set}.log" \
             python -m speechdistill.bin.sv_extract --model-dir "${sv_exp}/sv_model" --data "data/${set}" \
             --output-dir "${sv_exp}/embeddings/${set}" --tta-segments "${tta}" --segment-seconds "${segment_seconds}" \
             --device "${device}" $([ "${redo}" = true ] && echo --force) ${extract_args}

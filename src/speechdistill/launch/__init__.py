@@ -13,8 +13,10 @@ lines, or the cluster launchers' ``# Accounting: ...`` / ``# Finished at ... wit
 
 Exit status of a launcher: 0 when every job succeeded, 1 when any failed (the failing count,
 the log path and the last ~20 lines of the first failing log go to stderr), 2 when the
-launcher was interrupted by SIGINT/SIGTERM (running jobs are signalled or cancelled with
-``scancel``/``qdel``), 255 for a usage or configuration error (Kaldi's ``die``).
+launcher was interrupted by SIGINT/SIGTERM/SIGUSR1 (running jobs are signalled or cancelled with
+``scancel``/``qdel``), 255 for a usage or configuration error (Kaldi's ``die``). run.pl exits
+:data:`REQUEUE_EXIT_CODE` instead of 1 or 2 when every job that did not succeed exited with it,
+so that a recipe stage (and a ``run.sh`` that is itself a batch job) passes the request on.
 
 Options (``--a-b`` and ``--a_b`` alike; each takes one value):
 
@@ -38,8 +40,15 @@ stopped by a signal (preemption, time limit), saved a checkpoint, please run me 
 trainer (:mod:`speechdistill.train`) exits with it after checkpointing on SIGTERM/SIGUSR1.
 queue.pl and slurm.pl then resubmit that task, keeping the previous log as ``<log>.attempt<k>``, up to ``--max-requeue``
 times (default 3: each resubmission resumes from a checkpoint, and the bound stops a job that
-is killed over and over from cycling forever; ``--max-requeue 0`` turns it off). run.pl never
-requeues: a local SIGTERM is a user asking to stop; rerun with ``--pick failed`` to resume.
+is killed over and over from cycling forever; ``--max-requeue 0`` turns it off). A task that
+Slurm put back in its queue itself (``scontrol requeue``, preemption with requeue) is not
+resubmitted: its rerun appends to the same log. The job script traps SIGTERM and SIGUSR1 and
+passes them on (as SIGUSR1, which ``srun`` forwards to its tasks) to the command, whose status it
+then records, so a trainer stopped by the scheduler's own signals is requeued; ``conf/slurm.conf``
+asks for ``--signal=B:USR1@<signal_lead>`` seconds before the time limit. Before the first
+submission slurm.pl asks ``sbatch --test-only`` whether the cluster could ever run the job and
+stops with Slurm's reason when it could not. run.pl never requeues: a local SIGTERM is a user
+asking to stop; it exits 99 and rerunning the same command resumes.
 
 Timings, overridable by environment variables (seconds):
 

@@ -6,14 +6,17 @@ For ``<log>`` = ``exp/x/log/train.JOB.log`` the launcher writes, beside the logs
 The job script ``cd``s to the submit directory, writes the log header (host, start time,
 Slurm variables, the rendered ``sbatch``/``qsub`` line, the command), sources ``./path.sh``
 (a failure there is written to the log and the command is not run), runs the command with
-output appended to the log, writes ``# Accounting: ...`` and ``# Finished at ... with status
-N``, and touches its done-file. Status 137 (a SIGKILL, usually out of memory) makes the script
-exit 100: Grid Engine then holds the job in its error state, from which it can be re-run.
+output appended to the log while passing SIGTERM/SIGUSR1 on to it (:func:`job_script`), writes
+``# Accounting: ...`` and ``# Finished at ... with status N``, and touches its done-file. Status
+137 (a SIGKILL, usually out of memory) makes the script exit 100: Grid Engine then holds the job
+in its error state, from which it can be re-run.
 
-The launcher polls for the done-files with exponential back-off, asks ``squeue``/``qstat``
-now and then whether a job still exists, reads each job's status from the last lines of its
-log, resubmits tasks that exited with :data:`speechdistill.launch.REQUEUE_EXIT_CODE`, and on
-SIGINT/SIGTERM cancels its jobs (``scancel``/``qdel``) and exits 2.
+slurm.pl first asks ``sbatch --test-only`` whether the cluster could ever run the job. The
+launcher polls for the done-files with exponential back-off, asks ``squeue``/``qstat`` now and
+then whether a job still exists, reads each job's status from the last lines of its log,
+resubmits tasks that exited with :data:`speechdistill.launch.REQUEUE_EXIT_CODE` (but waits for a
+job Slurm put back in its queue itself), and on SIGINT/SIGTERM/SIGUSR1 cancels its jobs
+(``scancel``/``qdel``) and exits 2.
 """
 from __future__ import annotations
 
@@ -39,17 +42,21 @@ _JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 SLURM_DEFAULT_CONFIG = """\
 # Built-in default of slurm.pl, used when neither ./conf/slurm.conf nor the toolkit's conf/slurm.conf exists.
-command sbatch --export=PATH --ntasks-per-node=1
+command sbatch --export=PATH
 option name=* --job-name $0
 option time=* --time $0
-option mem=* --mem-per-cpu $0
+option mem=* --mem $0
 option mem=0
 option num_threads=* --cpus-per-task $0
-option num_threads=1 --cpus-per-task 1
 option num_nodes=* --nodes $0
+default tasks_per_node=1
+option tasks_per_node=* --ntasks-per-node $0
 default gpu=0
 option gpu=0
 option gpu=* --gres=gpu:$0
+default signal_lead=120
+option signal_lead=0
+option signal_lead=* --signal=B:USR1@$0
 """
 
 SGE_DEFAULT_CONFIG = """\
@@ -164,6 +171,16 @@ class Scheduler:
     def _listed(self, stdout: str) -> bool:
         return True
 
+    def test_only_argv(self, argv: List[str], config: ClusterConfig) -> Optional[List[str]]:
+        """The submit command that only checks whether the scheduler could ever run the job, or None."""
+        return None
+
+    def requeued_by_scheduler(self, job_id: Optional[str], index: Optional[int], done_run: int) -> bool:
+        """True when the scheduler itself put the job (task ``index`` of an array) back in its queue after
+        its run ``done_run`` (0 = first) ended, e.g. after ``scontrol requeue`` or a preemption, so that it
+        runs again without a resubmission."""
+        return False
+
 
 def _runs(tasks: Sequence[int]) -> List[Tuple[int, int]]:
     """Consecutive runs of sorted task ids: [1,2,3,5] -> [(1,3), (5,5)]."""
@@ -207,6 +224,39 @@ class Slurm(Scheduler):
 
     def _listed(self, stdout: str) -> bool:
         return bool(stdout.strip())
+
+    def test_only_argv(self, argv, config):
+        """``sbatch --test-only ...``: refuses, with Slurm's reason, what no node of the cluster can give."""
+        if os.path.basename(config.command[0]) != "sbatch":
+            return None
+        size = len(config.command)
+        return argv[:size] + ["--test-only"] + argv[size:]
+
+    def requeued_by_scheduler(self, job_id, index, done_run, settle: float = 30.0):
+        """Slurm counts a job's requeues (``Restarts``, ``SLURM_RESTART_COUNT`` in the job): a count above
+        the one of the run that wrote the done-file, or a job pending again, means Slurm reruns it."""
+        if not job_id:
+            return False
+        target = job_id if index is None else f"{job_id}_{index}"
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                result = subprocess.run(["scontrol", "show", "job", target], capture_output=True, text=True,
+                                        timeout=60, check=False)
+            except (OSError, subprocess.TimeoutExpired):
+                return False
+            state = re.search(r"\bJobState=(\S+)", result.stdout) if result.returncode == 0 else None
+            restarts = re.search(r"\bRestarts=(\d+)", result.stdout) if result.returncode == 0 else None
+            if state is None:
+                return False  # no longer known to Slurm
+            if (restarts is not None and int(restarts.group(1)) > done_run) \
+                    or state.group(1) in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
+                return True
+            # the done-file is written just before the batch script ends: wait until Slurm has moved on
+            if state.group(1) not in ("RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING") \
+                    or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
 
 class GridEngine(Scheduler):
@@ -315,9 +365,22 @@ def queue_paths(request: LaunchRequest, scheduler: Scheduler) -> QueuePaths:
     return QueuePaths(qdir=qdir, qlog=qlog, script=script, sync_base=(sync_dir / f"done.{os.getpid()}").absolute())
 
 
+STOP_SIGNALS = ("TERM", "USR1")
+"""Signals the job script traps: the scheduler's stop requests (time limit, preemption, scancel,
+``sbatch --signal=B:USR1@N``, Grid Engine's ``-notify``)."""
+
+
 def job_script(request: LaunchRequest, scheduler: Scheduler, *, cwd: str, threads: int, sync_base: Path,
                submit_line: str) -> str:
-    """The bash script every task of a submission runs (see the module docstring)."""
+    """The bash script every task of a submission runs (see the module docstring).
+
+    The command runs in the background in a process group of its own while the script waits for
+    it. SIGTERM or SIGUSR1 to the script (Slurm's ``--signal=B:USR1@N`` reaches only the batch
+    shell; ``scancel``, ``scontrol requeue`` and preemption send SIGTERM) is passed on to that whole
+    group as SIGUSR1: the trainer checkpoints and exits 99 on either, and ``srun`` passes SIGUSR1 on
+    to its tasks, where a SIGTERM would make it kill them at once. The script then keeps waiting,
+    so the command's own status (99) is what it records and what the launcher reads.
+    """
     q = shlex.quote
     lines = ["#!/usr/bin/env bash",
              f"# Job script of {scheduler.prog} (speechdistill.launch), written at {date_string()}.",
@@ -332,15 +395,34 @@ def job_script(request: LaunchRequest, scheduler: Scheduler, *, cwd: str, thread
                   f"sync_file={q(str(sync_base))}.${{task_id}}"]
     else:
         lines += [f"log={q(request.log)}", f"command={q(request.command)}", f"sync_file={q(str(sync_base))}"]
-    lines += ['mkdir -p "$(dirname "$log")"',
-              "{",
+    lines += ["child=",
+              "stop_signal=",
+              "pass_on() {  # a stop request: give it to the command's whole process group",
+              '  stop_signal=$1',
+              '  if [ -n "$child" ]; then',
+              '    echo "# $(date): SIG$1 received; passing SIGUSR1 to the command (process group $child)" >> "$log"',
+              '    kill -USR1 -- "-$child" 2> /dev/null || true',
+              "  fi",
+              "}"]
+    lines += [f"trap 'pass_on {sig}' {sig}" for sig in STOP_SIGNALS]
+    lines += ['mkdir -p "$(dirname "$log")"']
+    if scheduler.header_env_prefix == "SLURM":
+        lines += ['if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ -f "$log" ]; then',
+                  "  # Slurm requeued the job itself (scontrol requeue, preemption): keep the earlier run's lines",
+                  '  echo "# Requeued by Slurm: run $((SLURM_RESTART_COUNT + 1)) of job ${SLURM_JOB_ID:-}" >> "$log"',
+                  "else",
+                  '  : > "$log"',
+                  "fi"]
+    else:
+        lines.append(': > "$log"')
+    lines += ["{",
               '  echo "# Running on $(hostname)"',
               '  echo "# Started at $(date)"']
     if scheduler.header_env_prefix:
         lines.append(f"  env | grep '^{scheduler.header_env_prefix}' | LC_ALL=C sort | sed 's/^/# /'")
     lines += [f"  printf '# Submitted with: %s\\n' {q(submit_line)}",
               "  printf '# %s\\n' \"$command\"",
-              '} > "$log"',
+              '} >> "$log"',
               "ret=0",
               "if [ -f ./path.sh ]; then",
               '  . ./path.sh >> "$log" 2>&1 || { ret=$?; echo "# sourcing ./path.sh in $(pwd) failed with status '
@@ -352,9 +434,24 @@ def job_script(request: LaunchRequest, scheduler: Scheduler, *, cwd: str, thread
                   "  unset CUDA_VISIBLE_DEVICES",
                   "fi"]
     lines += ["time1=$(date +%s)",
-              'if [ "$ret" -eq 0 ]; then',
-              '  ( eval "$command" ) >> "$log" 2>&1',
-              "  ret=$?",
+              'if [ "$ret" -eq 0 ] && [ -n "$stop_signal" ]; then',
+              f'  echo "# SIG$stop_signal arrived before the command started; not started (status {REQUEUE_EXIT_CODE}: '
+              'run it again)" >> "$log"',
+              f"  ret={REQUEUE_EXIT_CODE}",
+              'elif [ "$ret" -eq 0 ]; then',
+              "  set -m  # job control: the command gets a process group of its own",
+              "  # the subshell outlives a stop signal (trapped, so its children keep the default action) and",
+              "  # returns the command's status",
+              f"  ( trap : {' '.join(STOP_SIGNALS)}; eval \"$command\" ) >> \"$log\" 2>&1 < /dev/null &",
+              "  child=$!",
+              "  set +m",
+              '  [ -z "$stop_signal" ] || pass_on "$stop_signal"',
+              "  while :; do  # a trapped signal interrupts 'wait': wait again until the command has ended",
+              "    stop_signal=",
+              '    wait "$child"',
+              "    ret=$?",
+              '    [ -n "$stop_signal" ] || break',
+              "  done",
               "fi",
               "time2=$(date +%s)"]
     if scheduler.header_env_prefix == "SLURM":
@@ -364,7 +461,8 @@ def job_script(request: LaunchRequest, scheduler: Scheduler, *, cwd: str, thread
               'echo "# Finished at $(date) with status $ret" >> "$log"']
     if scheduler.exit_100_before_sync:
         lines.append('if [ "$ret" -eq 137 ]; then exit 100; fi  # out of memory: Grid Engine error state, re-runnable')
-    lines.append('touch "$sync_file"')
+    # the done-file holds which run of the job wrote it (Slurm counts the requeues it does itself)
+    lines.append('echo "${SLURM_RESTART_COUNT:-0}" > "$sync_file"')
     if not scheduler.exit_100_before_sync:
         lines.append('if [ "$ret" -eq 137 ]; then exit 100; fi  # killed, most likely out of memory')
     lines += ['if [ "$ret" -eq 0 ]; then exit 0; fi', "exit 1", "## submitted with:", f"# {submit_line}", ""]
@@ -377,6 +475,15 @@ def _write_executable(path: Path, text: str) -> None:
     tmp.write_text(text, encoding="utf-8")
     os.chmod(tmp, 0o755)
     os.replace(tmp, path)
+
+
+def _done_run(sync: Path) -> int:
+    """Which run of the job wrote the done-file (its first line; 0 when empty or unreadable)."""
+    try:
+        text = sync.read_text(encoding="utf-8").strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
 
 
 def read_status(log: Path, wait: float) -> Optional[int]:
@@ -422,6 +529,7 @@ class ClusterRun:
         self.vanished_since: Dict[str, float] = {}
         self.notes: Dict[Optional[int], str] = {}
         self._status_command_missing = False
+        self._checked = False
         self.progress = None
 
     # ------------------------------------------------------------------------------ submission
@@ -439,9 +547,31 @@ class ClusterRun:
             _write_executable(self.paths.script, job_script(self.request, self.scheduler, cwd=self.cwd,
                                                             threads=self.threads, sync_base=self.paths.sync_base,
                                                             submit_line=line))
+            if not self._checked:
+                self._check_feasible(argv, line)
             job_id = self._run_submit(argv, line)
             for task in group:
                 task.job_id = job_id
+
+    def _check_feasible(self, argv: List[str], line: str) -> None:
+        """Ask the scheduler whether it could ever run the job (``sbatch --test-only``) before submitting:
+        a job asking for more nodes, GPUs, CPUs or memory than any node has would otherwise wait forever."""
+        check = self.scheduler.test_only_argv(argv, self.config)
+        self._checked = True
+        if check is None:
+            return
+        try:
+            result = subprocess.run(check, capture_output=True, text=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LaunchError(f"cannot run '{check[0]} --test-only': {exc}", exit_code=1) from None
+        output = ((result.stdout or "") + (result.stderr or "")).strip()
+        with open(self.paths.qlog, "a", encoding="utf-8") as qlog:
+            qlog.write(f"# {date_string()}: {shlex.join(check)}\n{output}\n")
+        if result.returncode != 0:
+            raise LaunchError(f"the cluster cannot run this job: '{check[0]} --test-only' refused it: "
+                              f"{' | '.join(output.splitlines()) or f'status {result.returncode}'}; the job was "
+                              f"not submitted. Ask for fewer nodes, GPUs, CPUs or less memory (or another "
+                              f"partition): {line}", exit_code=1)
 
     def _run_submit(self, argv: List[str], line: str) -> Optional[str]:
         attempts = 4 if self.scheduler.retry_pattern is not None else 1
@@ -524,7 +654,15 @@ class ClusterRun:
                 if not task.sync.exists():
                     continue
                 task.status = read_status(task.log, self.status_wait)
-                if task.status == REQUEUE_EXIT_CODE and task.attempt < self.request.max_requeue:
+                if task.status != 0 and self.scheduler.requeued_by_scheduler(task.job_id, task.index,
+                                                                             _done_run(task.sync)):
+                    # the scheduler reruns it (scontrol requeue, preemption); its rerun appends to the log
+                    task.sync.unlink(missing_ok=True)
+                    print(f"{self.prog}: job {task.job_id}{'' if task.index is None else f'_{task.index}'} ended "
+                          f"with status {task.status} and was requeued by the scheduler itself; waiting for its "
+                          "rerun", file=sys.stderr)
+                    task.status = None
+                elif task.status == REQUEUE_EXIT_CODE and task.attempt < self.request.max_requeue:
                     requeue.append(task)
                 else:
                     task.finished = True

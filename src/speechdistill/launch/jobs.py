@@ -259,8 +259,9 @@ def status_hint(status: Optional[int], *, local: bool) -> Optional[str]:
                 "ask for more with --mem")
     if status == REQUEUE_EXIT_CODE:
         if local:
-            return (f"status {REQUEUE_EXIT_CODE}: the job saved a checkpoint on a signal and asked to be run again; "
-                    "rerun the same command with --pick failed to resume it")
+            return (f"status {REQUEUE_EXIT_CODE}: the job saved a checkpoint on a signal and asked to be run again "
+                    f"(run.pl exits {REQUEUE_EXIT_CODE} too); rerun the same command (with --pick failed: only the "
+                    "stopped jobs) to resume it")
         return (f"status {REQUEUE_EXIT_CODE}: the job checkpointed on a signal and asked to be requeued, and the "
                 "--max-requeue limit was reached; rerun with --pick failed, or raise --max-requeue")
     if status is not None and status > 128 and status - 128 < 65:
@@ -300,10 +301,14 @@ def report_failures(request: LaunchRequest, failed: Dict[Optional[int], Optional
 
 
 class SignalTrap:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` in the main thread while active."""
+    """Turn SIGINT, SIGTERM and SIGUSR1 (a batch system's time-limit warning to a launcher that runs inside a
+    job) into :class:`Interrupted` in the main thread while active, or only record them
+    (``raise_on_signal=False``)."""
 
-    def __init__(self, raise_on_signal: bool = True):
+    def __init__(self, raise_on_signal: bool = True,
+                 signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)):
         self.raise_on_signal = raise_on_signal
+        self.signals = tuple(signals)
         self.received: List[int] = []
         self._previous = {}
 
@@ -313,7 +318,7 @@ class SignalTrap:
             raise Interrupted(signum)
 
     def __enter__(self) -> "SignalTrap":
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -1,9 +1,15 @@
 """run.pl: run jobs on this machine, a bounded number at a time (conventions §2.3).
 
 Each job runs ``bash -c '<command>'`` with stdout and stderr appended to its log, in its own
-process group so that SIGINT/SIGTERM given to the launcher can be forwarded to the whole job
-(the trainer checkpoints on SIGTERM); a second signal kills the jobs. With ``--gpu N`` each
-running job gets its own N devices in ``CUDA_VISIBLE_DEVICES``.
+process group so that SIGINT/SIGTERM/SIGUSR1 given to the launcher can be forwarded to the whole job
+(the trainer checkpoints on SIGTERM/SIGUSR1 and exits 99); a second SIGINT (Ctrl-C twice) kills the jobs,
+while a repeated SIGTERM is only passed on again (a batch system and a wrapping ``run.sh`` may
+both send one for the same stop). With ``--gpu N`` each running job gets its own N devices in
+``CUDA_VISIBLE_DEVICES``.
+
+Exit status: 0 when every job succeeded; :data:`~speechdistill.launch.REQUEUE_EXIT_CODE` (99) when
+every job that did not succeed exited 99 (checkpointed on a signal: run the same command again to
+resume), also after an interruption; 2 when interrupted otherwise; 1 when any job failed.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Tuple
 
+from . import REQUEUE_EXIT_CODE
 from .jobs import LaunchError, LaunchRequest, SignalTrap, date_string, report_failures, warn
 
 _ENDED = re.compile(r"^# Ended \(code (\d+)(; signal (\d+))?\)")
@@ -132,7 +139,7 @@ def _finish(job: _Running) -> int:
 
 
 def run_local(request: LaunchRequest) -> int:
-    """Run every job of ``request``; 0 if all succeeded, 1 if any failed, 2 if interrupted."""
+    """Run every job of ``request``; the exit status of run.pl (module docstring)."""
     from tqdm import tqdm
 
     indices = request.indices
@@ -156,15 +163,16 @@ def run_local(request: LaunchRequest) -> int:
     interrupted: List[int] = []
     bar = tqdm(total=len(to_run), unit="job", desc=request.prog, file=sys.stderr,
                disable=len(to_run) < 2 or not sys.stderr.isatty())
+    forwarded = 0
     with SignalTrap(raise_on_signal=False) as trap:
         while to_run or running:
-            if trap.received and not interrupted:
-                interrupted.append(trap.received[0])
+            while forwarded < len(trap.received):
+                signum = trap.received[forwarded]
+                forwarded += 1
+                escalate = signum == signal.SIGINT and signal.SIGINT in trap.received[:forwarded - 1]
+                interrupted.append(signum)
                 for job in running:  # forward the signal to each whole job (its own process group)
-                    _signal_group(job.process, trap.received[0])
-            if len(trap.received) > 1:
-                for job in running:
-                    _signal_group(job.process, signal.SIGKILL)
+                    _signal_group(job.process, signal.SIGKILL if escalate else signum)
             while to_run and free_slots and not interrupted:
                 slot = free_slots.popleft()
                 devices = slot_devices[slot % len(slot_devices)] if slot_devices else None
@@ -189,14 +197,17 @@ def run_local(request: LaunchRequest) -> int:
                 break
             time.sleep(0.02 if running else 0)
     bar.close()
+    failed = {i: s for i, s in statuses.items() if s}
+    requeue = bool(failed) and all(s == REQUEUE_EXIT_CODE for s in failed.values())
     if interrupted:
         print(f"{request.prog}: interrupted by {signal.Signals(interrupted[0]).name}; "
-              f"{len(to_run)} job(s) were not started", file=sys.stderr)
-        return 2
-    failed = {i: s for i, s in statuses.items() if s}
+              f"{len(to_run)} job(s) were not started"
+              + (f"; every stopped job checkpointed (status {REQUEUE_EXIT_CODE}): run the same command again to "
+                 "resume" if requeue else ""), file=sys.stderr)
+        return REQUEUE_EXIT_CODE if requeue else 2
     if failed:
         report_failures(request, failed, len(indices), local=True)
-        return 1
+        return REQUEUE_EXIT_CODE if requeue else 1
     return 0
 
 

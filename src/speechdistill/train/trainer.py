@@ -48,6 +48,7 @@ from .logs import MetricsWriter, close_logger, setup_logger, write_plots
 from .optim import (build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, group_learning_rates,
                     load_optimizer_state, step_with_multiplier)
 from .precision import autocast, common_precision, resolve_device, resolve_precision, set_float32_matmul
+from .run_lock import lock_run_dir
 from .task import StepOutput, Task, TrainContext, item_extras_of, item_fields_of
 
 
@@ -193,7 +194,10 @@ class Trainer:
         dist_utils.init_process_group(self.env, self.device, config.dist_backend, config.dist_timeout_minutes)
         previous_handlers = {}
         self.logger = None
+        run_lock = None
         try:
+            # one run per output dir, for the run's lifetime (a second one stops here, naming the holder)
+            run_lock = lock_run_dir(self.output_dir, self.is_main, dist_utils.all_gather_objects)
             for signum in (signal.SIGTERM, signal.SIGUSR1):
                 previous_handlers[signum] = signal.signal(signum, self._on_signal)
             # (the policy fixed for the run: the environment is not read again on every model call)
@@ -208,6 +212,8 @@ class Trainer:
                 signal.signal(signum, handler)
             if self.logger is not None:
                 close_logger(self.logger)
+            if run_lock is not None:
+                run_lock.release()
             dist_utils.destroy_process_group()
 
     def _on_every_rank(self, key: str, resolved: str) -> str:
@@ -294,8 +300,8 @@ class Trainer:
             seed_everything(config.seed + env.rank)  # separate random streams (dropout, masks) per rank
         self._write_config(resumed=not fresh)
         self.metrics = MetricsWriter(self.output_dir / "metrics.jsonl", enabled=self.is_main)
-        if not fresh:
-            self.metrics.truncate_after(self.step)
+        # keep only what the resumed state saw; a fresh start keeps nothing of a run killed before its first checkpoint
+        self.metrics.truncate_after(self.step if not fresh else -1)
 
         self.model: torch.nn.Module = module
         self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
