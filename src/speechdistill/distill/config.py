@@ -42,6 +42,7 @@ from ..config import ConfigError
 from ..losses import LossTerm, check_terms
 from ..losses.enhancement import ENHANCEMENT_LOSSES
 from ..train.config import TrainerConfig
+from ..models.masking import MaskingConfig
 
 HEAD_PREFIX = "head"
 
@@ -117,30 +118,6 @@ class TargetMapping:
                               "predict) or, for projections, layer_groups")
         fields.update(source_layers=list(self.source_layers), target_layers=list(self.target_layers))
         return fields
-
-
-@dataclass
-class MaskingConfig:
-    """Span masking of the student input (and the masked teacher pass of masking distillation).
-
-    Masks follow fairseq ``compute_mask_indices`` (:mod:`speechdistill.models.masking`); the same
-    indices replace frames by the student's mask embedding and by the teacher's own in the masked
-    teacher pass. ``mask_prob: 0`` turns masking off.
-    """
-
-    mask_prob: float = _opt(0.0, "fairseq mask_prob: spans = mask_prob * frames / mask_length, i.e. the masked "
-                                 "fraction before overlaps; 0 = no masking")
-    mask_length: int = _opt(10, "span length (static) or its mean")
-    selection: Literal["static", "uniform", "normal", "poisson"] = _opt("static", "span-length distribution")
-    mask_other: float = _opt(0.0, "selection parameter (uniform: lower bound of the span length)")
-    no_overlap: bool = _opt(False, "place spans without overlap")
-    min_space: int = _opt(0, "with no_overlap: unmasked frames kept between spans")
-    min_masks: int = _opt(0, "minimum number of spans per utterance")
-    require_same_masks: bool = _opt(True, "cut every row to the batch's smallest masked-frame count")
-
-    @property
-    def enabled(self) -> bool:
-        return self.mask_prob > 0
 
 
 @dataclass
