@@ -55,7 +55,8 @@ asr_nj=1                          # stage 4: probes trained at once when there a
 asr_dump_features=                # true: dump the upstream's hidden states once (<asr_exp>/dump) and train on them
                                   # (default false; true with --demo true)
 decode_args=                      # extra asr_decode options, e.g. "--beam-size 10" (names the decode dir)
-test_conditions=clean             # stage 5: any of "clean snr20 snr10 snr5 snr0 reverb" (noise/RIRs of stage 1)
+test_conditions=clean             # stage 5: any of "clean snr20 snr10 snr5 snr0 reverb babble" (noise, RIRs and
+                                  # speech of stage 1)
 condition_seed=0                  # stage 5: seed of the corrupted test audio, the same for every model
 results_dir=                      # stage 6: where RESULTS.md and the PNGs go (default: exp/demo with --demo true,
                                   # else <distill_exp>)
@@ -338,10 +339,11 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         "(${asr_exps[*]})"
     [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
     eval_sets=$(. data/.stage0.done && echo "${test_sets}")
-    noise_dir= rir_dir=
+    noise_dir= rir_dir= babble_dir=
     if [ -f data/.stage1.done ]; then
         noise_dir=$(. data/.stage1.done && echo "${noise_dirs%% *}")  # the first listed: MUSAN noise
         rir_dir=$(. data/.stage1.done && echo "${rir_dir}")
+        babble_dir=$(. data/.stage1.done && echo "${noise_dirs##* }")  # the last listed: MUSAN speech
     elif [[ " ${test_conditions} " == *" snr"* ]]; then
         log "  no data/.stage1.done: the snr conditions add white Gaussian noise (run stage 1 for MUSAN noise)"
     fi
@@ -359,6 +361,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
                 case "${condition}" in
                     snr*) [ -n "${noise_dir}" ] && condition_opts=(--noise-data "${noise_dir}") ;;
                     reverb) [ -n "${rir_dir}" ] && condition_opts=(--rir-data "${rir_dir}") ;;
+                    babble*) [ -n "${babble_dir}" ] && condition_opts=(--babble-data "${babble_dir}") ;;
                 esac
                 # shellcheck disable=SC2086  # decode_args is split into words
                 run_job ${decode_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${out}/log/asr_decode.log" \
