@@ -1,5 +1,6 @@
 """Helpers shared by the ASR tests (tiny upstreams and data dirs written to tmp_path), and the tests of
-the test conditions (noise at an SNR, reverberation) that every decode relies on."""
+the test conditions (noise at an SNR, reverberation, babble) that every decode and every noisy
+speaker-verification evaluation relies on."""
 from __future__ import annotations
 
 import subprocess
@@ -12,9 +13,9 @@ import pytest
 import soundfile
 import torch
 
-from speechdistill.asr.conditions import ConditionError, condition_sort_key, parse_condition
-from speechdistill.asr.decode import corrupt_batch, utterance_generator
 from speechdistill.augment import measure_snr
+from speechdistill.augment.conditions import (ConditionError, condition_sort_key, corrupt_batch, parse_condition,
+                                              utterance_generator)
 from speechdistill.models.checkpoints import save_model
 from speechdistill.models.config import EncoderConfig
 from speechdistill.models.encoder import Encoder
@@ -149,8 +150,11 @@ def test_condition_names_parse_and_sort():
             parse_condition(bad)
     with pytest.raises(ConditionError, match="--rir-data"):
         parse_condition("reverb")
-    names = ["reverb", "snr0", "clean", "snr20", "snr-5", "snr5", "snr10"]
-    assert sorted(names, key=condition_sort_key) == ["clean", "snr20", "snr10", "snr5", "snr0", "snr-5", "reverb"]
+    with pytest.raises(ConditionError, match="--babble-data DIR"):
+        parse_condition("babble")
+    names = ["babble5", "reverb", "snr0", "clean", "babble", "snr20", "snr-5", "snr5", "snr10", "babble15"]
+    assert sorted(names, key=condition_sort_key) == ["clean", "snr20", "snr10", "snr5", "snr0", "snr-5", "reverb",
+                                                     "babble", "babble15", "babble5"]
 
 
 @pytest.mark.parametrize("snr", [20.0, 5.0, 0.0, -5.0])
@@ -166,6 +170,39 @@ def test_noise_condition_reaches_its_snr_on_the_real_length_and_keeps_padding_ze
             assert abs(measured - snr) < 0.01
             assert torch.all(noisy[row, length:] == 0)
         assert torch.allclose(measure_snr(wavs[:1], noisy[:1], lengths[:1]), torch.tensor([snr]), atol=0.01)
+
+
+def test_babble_condition_mixes_3_to_7_talkers_at_its_snr(tmp_path):
+    """babble: 3-7 recordings of the speech dir, each at the same power, summed and added at an SNR drawn from
+    13-20 dB (babble<N>: exactly N dB), over the real length; padding stays zero."""
+    speech_dir = make_noise_dir(tmp_path / "speech", seed=5, count=8)
+    rng = np.random.default_rng(6)
+    wavs, lengths = padded_batch(rng, [16000, 9000, 12000, 7000, 15000, 11000])
+    keys = [f"u{i}" for i in range(6)]
+    ranged = parse_condition("babble", babble_dirs=[speech_dir])
+    fixed = parse_condition("babble10", babble_dirs=[speech_dir])
+    assert ranged.snr_db is None and fixed.snr_db == 10.0
+    assert "3-7 talkers" in ranged.description and "13-20 dB" in ranged.description
+    measured = {}
+    for condition in (ranged, fixed):
+        noisy = corrupt_batch(condition, wavs, lengths, keys, seed=0)
+        snrs = []
+        for row, length in enumerate(lengths.tolist()):
+            added = (noisy[row, :length] - wavs[row, :length]).double()
+            snrs.append(10 * np.log10(float(wavs[row, :length].double().square().sum()) / float(added.square().sum())))
+            assert torch.all(noisy[row, length:] == 0)
+        measured[condition.name] = snrs
+    assert all(13.0 - 1e-3 <= snr <= 20.0 + 1e-3 for snr in measured["babble"])
+    assert len({round(snr, 2) for snr in measured["babble"]}) > 3  # drawn per utterance
+    assert all(abs(snr - 10.0) < 0.01 for snr in measured["babble10"])
+    # the same talkers, counts and offsets as an Augmenter babble of 3-7 sources draws from the same generator
+    from speechdistill.augment import Augmenter, AugmentConfig, NoiseBank, SourceConfig
+    quiet = SourceConfig(None)
+    config = AugmentConfig(apply_prob=1.0, choices={"babble": 1.0}, noise=quiet, music=quiet,
+                           babble=SourceConfig(str(speech_dir), [10.0, 10.0], num_sources=[3, 7]))
+    augmenter = Augmenter(config, {"babble": NoiseBank.from_data_dir(speech_dir, name="babble")}, None)
+    reference = augmenter(wavs[:1, :16000], lengths[:1], utterance_generator(0, "babble10", "u0")).noisy
+    assert torch.equal(corrupt_batch(fixed, wavs[:1], lengths[:1], ["u0"], seed=0), reference)
 
 
 def test_condition_audio_depends_on_the_utterance_id_not_on_the_batch(tmp_path):

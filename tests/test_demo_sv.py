@@ -1,13 +1,14 @@
 """`make demo-sv` shortened: egs/voxceleb/oskdft/local/demo.sh through the real run.sh on the tiny mini
 VoxCeleb, with the default teacher (stage 2 pretrains a tiny HuBERT because no --teacher is given), a
 few updates per system, and exp/demo/RESULTS.md + det.png comparing the OS-KDFT student with the random
-student (the baselines go through the same run.sh stages in tests/test_recipe_sv.py). The table's EER and
-minDCF are recomputed from the score files and the trial list without speechdistill.metrics, and the scores
-from the embeddings.
+student, clean and with the enrolment and test audio at 5 dB SNR (the baselines go through the same run.sh
+stages in tests/test_recipe_sv.py). The table's EER and minDCF are recomputed from the score files and the
+trial list without speechdistill.metrics, and the scores from the embeddings.
 
 The recipe is copied into a temporary egs/ tree beside a link to the checkout's egs/TEMPLATE, so its
 data/, downloads/ and exp/ land in tmp_path.
 """
+import json
 import os
 import re
 import subprocess
@@ -17,10 +18,8 @@ import kaldiio
 import numpy as np
 import pytest
 import yaml
-from scipy.optimize import brentq
-from sklearn.metrics import roc_curve
-
 from conftest import copy_recipes
+from test_eer import sklearn_eer, sklearn_min_dcf
 from speechdistill.data.tables import read_table
 from speechdistill.metrics.verification import det_axis_range, det_curve, plot_det
 from speechdistill.models import load_model
@@ -52,12 +51,13 @@ def demo(recipe_dir, *args):
 
 
 def comparison_rows(path):
-    """system -> (encoder cell, EER %, minDCF 0.01, minDCF 0.05) from the demo's RESULTS.md table."""
+    """system -> (encoder cell, EER %, minDCF 0.01, minDCF 0.05, snr5 EER %, snr5 minDCF 0.01) from the demo's
+    RESULTS.md table."""
     rows = {}
     for line in path.read_text().splitlines():
-        match = re.match(r"^\|(\w+)\|([^|]+)\|[0-9,-]+\|[0-9,]+\|([0-9.]+)\|([0-9.]+)\|([0-9.]+)\|$", line)
+        match = re.match(r"^\|(\w+)\|([^|]+)\|[0-9,-]+\|[0-9,]+\|" + r"([0-9.]+)\|" * 5 + "$", line)
         if match:
-            rows[match.group(1)] = (match.group(2),) + tuple(float(match.group(i)) for i in (3, 4, 5))
+            rows[match.group(1)] = (match.group(2),) + tuple(float(match.group(i)) for i in range(3, 8))
     return rows
 
 
@@ -110,32 +110,38 @@ def test_demo_sv_shortened(recipe):
         assert float(means.group(offset)) == pytest.approx(sum(per_seed) / 2, abs=1e-3)
     assert rows["oskdft"][0] == "student `oskdft` (copied from the teacher)"
     assert rows["random_student"][0] == "student `oskdft` (random init)"
-    for system, (_, eer, dcf01, dcf05) in rows.items():
+    header = next(line for line in (recipe / "exp/demo/RESULTS.md").read_text().splitlines() if line.startswith("|system|"))
+    assert header.endswith("|EER (%)|minDCF (p=0.01)|minDCF (p=0.05)|snr5 EER (%)|snr5 minDCF (p=0.01)|")
+    for system, (_, eer, dcf01, dcf05, snr5_eer, _) in rows.items():
         assert f"EER = {eer:.3f}" in (recipe / "exp/demo" / system / "scores/test.eer").read_text()
+        assert f"EER = {snr5_eer:.3f}" in (recipe / "exp/demo" / system / "scores/test_snr5.eer").read_text()
         assert 0.0 <= eer <= 100.0 and 0.0 <= dcf01 <= 1.0 + 1e-9 and 0.0 <= dcf05 <= 1.0 + 1e-9
+    # every system heard the same corrupted test audio: the same condition, noise recordings and seed
+    settings = {json.loads((recipe / "exp/demo" / system / "embeddings/test_snr5/extract.done").read_text())["condition"]
+                for system in RUNS}
+    assert len(settings) == 1 and '"noise_sha256"' in settings.pop()
     # ... and those numbers are right: recomputed here from the score files and the trial list, independently of
-    # speechdistill.metrics (EER where scikit-learn's ROC crosses the diagonal, minDCF by a sweep over every
-    # threshold), and each score is the cosine of the two utterances' embeddings
+    # speechdistill.metrics (EER where scikit-learn's ROC crosses the diagonal, minDCF over its operating points),
+    # and each score is the cosine of the two utterances' embeddings (the corrupted ones for snr5)
     trials = [line.split() for line in (recipe / "data/test/trials").read_text().splitlines()]
     assert trials and all(label in ("target", "nontarget") for _, _, label in trials)
     is_target = np.array([label == "target" for _, _, label in trials])
-    for system, (_, eer, dcf01, dcf05) in rows.items():
+    for system, (_, eer, dcf01, dcf05, snr5_eer, snr5_dcf01) in rows.items():
         exp = recipe / "exp/demo" / system
-        lines = (exp / "scores/test.score").read_text().splitlines()
-        scored = {(f[0], f[1]): float(f[2]) for f in map(str.split, lines)}
-        assert set(scored) == {(enroll, test) for enroll, test, _ in trials}
-        scores = np.array([scored[(enroll, test)] for enroll, test, _ in trials])
-        fpr, tpr, _ = roc_curve(is_target, scores, drop_intermediate=False)
-        expected_eer = 100.0 * brentq(lambda x: 1.0 - x - np.interp(x, fpr, tpr), 0.0, 1.0, xtol=1e-12)
-        assert eer == pytest.approx(expected_eer, abs=5.1e-4), system
-        for p_target, dcf in ((0.01, dcf01), (0.05, dcf05)):
-            cost = [p_target * np.mean(scores[is_target] <= t) + (1 - p_target) * np.mean(scores[~is_target] > t)
-                    for t in np.concatenate([[-np.inf], np.unique(scores)])]
-            assert dcf == pytest.approx(min(cost) / min(p_target, 1 - p_target), abs=5.1e-4), (system, p_target)
-        embeddings = kaldiio.load_scp(str(exp / "embeddings/test/xvector.scp"))
-        for enroll, test, _ in trials[:20]:
-            a, b = np.asarray(embeddings[enroll], np.float64), np.asarray(embeddings[test], np.float64)
-            assert scored[(enroll, test)] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
+        for condition, expected in (("clean", (eer, dcf01, dcf05)), ("snr5", (snr5_eer, snr5_dcf01))):
+            score_file = exp / ("scores/test.score" if condition == "clean" else f"scores/test_{condition}.score")
+            scored = {(f[0], f[1]): float(f[2]) for f in map(str.split, score_file.read_text().splitlines())}
+            assert set(scored) == {(enroll, test) for enroll, test, _ in trials}
+            scores = np.array([scored[(enroll, test)] for enroll, test, _ in trials])
+            assert expected[0] == pytest.approx(100.0 * sklearn_eer(scores, is_target), abs=5.1e-4), (system, condition)
+            for p_target, dcf in zip((0.01, 0.05), expected[1:]):
+                assert dcf == pytest.approx(sklearn_min_dcf(scores, is_target, p_target), abs=5.1e-4), \
+                    (system, condition, p_target)
+            embeddings = kaldiio.load_scp(str(exp / ("embeddings/test" if condition == "clean"
+                                                     else f"embeddings/test_{condition}") / "xvector.scp"))
+            for enroll, test, _ in trials[:20]:
+                a, b = np.asarray(embeddings[enroll], np.float64), np.asarray(embeddings[test], np.float64)
+                assert scored[(enroll, test)] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
     assert (recipe / "exp/demo/det.png").read_bytes()[:4] == b"\x89PNG"
     assert "![DET curves](det.png)" in (recipe / "exp/demo/RESULTS.md").read_text()
     assert "|random_student|student `oskdft` (random init)|" in done.stdout  # the table is printed at the end

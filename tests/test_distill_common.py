@@ -43,6 +43,10 @@ TINY_STUDENTS: Dict[str, Dict[str, Any]] = {
     "armwavlm_s": {"conv_layers": SLIM_CONV, "hidden_size": 48, "num_heads": 4, "ffn_size": 64},
     "maskhubert": {"conv_layers": SLIM_CONV, "hidden_size": 48, "num_heads": 4, "ffn_size": 64},
     "starhubert": {"conv_layers": SLIM_CONV, "hidden_size": 48, "num_heads": 4, "ffn_size": 64},
+    "armhubert_s_100": {"conv_layers": SLIM_CONV, "hidden_size": 48, "num_heads": 4, "ffn_size": 64},
+    "armwavlm_s_100": {"conv_layers": SLIM_CONV, "hidden_size": 48, "num_heads": 4, "ffn_size": 64},
+    "starhubert_960": {"conv_layers": SLIM_CONV, "hidden_size": 48, "num_heads": 4, "ffn_size": 64},
+    "starhubert_l": {"conv_layers": SLIM_CONV, "hidden_size": 48, "num_heads": 4, "ffn_size": 64},
 }
 FIRST_STAGE_PRESETS = sorted(TINY_STUDENTS)
 ALL_PRESETS = FIRST_STAGE_PRESETS + ["dphubert_final", "rd_dpwavlm_final"]
@@ -167,6 +171,16 @@ def test_published_hyperparameters_reach_the_config(teacher_dir):
     rd = preset_config("robustdistiller", teacher_dir)
     assert (rd.enhancement.weight, rd.enhancement.input, rd.grad_clip) == (2.0, "last_hidden", 15.0)
     assert preset_config("maskhubert", teacher_dir).lr == 5e-4
+    # the 100 h ARM presets: released conf/arm*/arm*-s-100.yaml (mask prob 0.4, 6 utts x 2 GPUs x accum 3, 200 epochs)
+    for name, student in (("armhubert_s_100", "armhubert_s"), ("armwavlm_s_100", "armwavlm_s")):
+        arm100 = preset_config(name, teacher_dir)
+        assert (arm100.student, arm100.masking.mask_prob, arm100.max_batch_size, arm100.accum_steps) == \
+            (student, 0.4, 6, 6)
+        assert (arm100.max_steps, arm100.lr, arm100.max_seconds) == (200 * ((28539 + 5) // 6 // 2 // 3), 5e-3, None)
+    for name, student in (("starhubert_960", "starhubert"), ("starhubert_l", "starhubert_l")):
+        star = preset_config(name, teacher_dir)
+        assert (star.student, star.max_steps, star.accum_steps, star.lr) == (student, 100 * 140621 // 12, 12, 1e-3)
+        assert star.layer0_source == "feature_projection_before_dropout"
     assert preset_config("distilalhubert", teacher_dir).precision == "fp32"
 
 

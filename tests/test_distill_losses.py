@@ -179,6 +179,31 @@ def test_starhubert_total_is_layer_and_intra_layer_gram_mse(teacher_dir, tmp_pat
     assert torch.allclose(total, layer + intra, rtol=1e-4)
 
 
+def test_layer0_before_dropout_is_the_students_projection_without_dropout_input():
+    """STaR's representation 0 (fairseq's post_cnn) is taken before the student's dropout_input; DPHuBERT's
+    (torchaudio's feature projection) after it. In training the two differ by the dropout; in eval they agree."""
+    from speechdistill.distill.model import hidden_states_with_layer0
+    from speechdistill.models import Encoder, EncoderConfig
+    torch.manual_seed(0)
+    student = Encoder(EncoderConfig(conv_layers=SLIM_CONV, feature_projection=False, hidden_size=48, num_layers=1,
+                                    num_heads=4, ffn_size=64, pos_conv_kernel=8, pos_conv_groups=4,
+                                    dropout_input=0.5, mask_embedding=False))
+    wavs, lengths = batch(LENGTHS)
+    student.eval()
+    with torch.no_grad():
+        reference = student(wavs, lengths).projected_features
+    student.train()
+    with torch.no_grad():
+        out = student(wavs, lengths)
+    before = hidden_states_with_layer0(out, "feature_projection_before_dropout")[0]
+    after = hidden_states_with_layer0(out, "feature_projection")[0]
+    torch.testing.assert_close(before, reference)
+    zeroed = (after == 0) & (reference != 0)
+    assert 0.4 < float(zeroed.sum() / (reference != 0).sum()) < 0.6  # dropout p=0.5 ...
+    torch.testing.assert_close(after[~zeroed], 2.0 * reference[~zeroed])  # ... with inverted scaling
+    assert hidden_states_with_layer0(out, "transformer_input")[0] is out.hidden_states[0]
+
+
 def test_robustdistiller_student_hears_noise_teacher_clean_plus_2x_enhancement(teacher_dir, noise_rirs, tmp_path):
     task, model = build_task(preset_config("robustdistiller", teacher_dir, noise_rirs, seed=1), tmp_path)
     model.eval()

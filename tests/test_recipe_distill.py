@@ -32,7 +32,7 @@ from speechdistill import load_model  # noqa: E402
 from speechdistill.models.checkpoints import load_heads  # noqa: E402
 from speechdistill.models.students import load_preset  # noqa: E402
 
-WAVLM_PRESETS = {"armwavlm_s", "rd_dpwavlm"}
+WAVLM_PRESETS = {"armwavlm_s", "armwavlm_s_100", "rd_dpwavlm"}
 STEPS = 6
 TINY_ARGS = (f"--max_steps {STEPS} --batch_seconds 1.0 --max_seconds 0.5 --min_seconds 0.3 --accum_steps 1 "
              "--precision fp32 --teacher_precision fp32 --num_workers 0 --threads 1 --valid_at_start false "

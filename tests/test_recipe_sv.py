@@ -1,6 +1,7 @@
 """End to end: egs/voxceleb/oskdft/run.sh on the tiny mini VoxCeleb: stages 0-2 importing a given teacher,
-then stages 3-5 of the fbank preset with TTA, mean subtraction and AS-norm (short settings), ending in
-RESULTS.md with EER/minDCF for every trial list; reruns and refusals. The OS-KDFT system through stages
+then stages 3-5 of the fbank preset with TTA, mean subtraction, AS-norm and noisy test conditions (short
+settings), ending in RESULTS.md with EER/minDCF for every trial list and condition (one noisy condition
+recomputed here from its score file with scikit-learn); reruns and refusals. The OS-KDFT system through stages
 3-5, and stage 2 without --teacher (the pretrained default teacher), are run by tests/test_demo_sv.py.
 
 The recipe is copied into a temporary egs/ tree beside a link to the checkout's egs/TEMPLATE, so its
@@ -12,9 +13,11 @@ import subprocess
 from pathlib import Path
 
 import kaldiio
+import numpy as np
 import pytest
 
 from conftest import copy_recipes
+from test_eer import sklearn_eer, sklearn_min_dcf
 from test_sv_fixtures import save_tiny_hf_teacher
 
 from speechdistill.data.tables import read_table
@@ -52,6 +55,21 @@ def results_rows(path):
     return rows
 
 
+def condition_rows(path):
+    """trial-list name -> {condition: (EER %, minDCF 0.01)} from the per-condition table of a RESULTS.md."""
+    lines = path.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("|trials|") and " EER (%)|" in line and "minDCF" in line
+                  and "#target" not in line)
+    conditions = [cell.split()[0] for cell in header.strip("|").split("|")[1::2]]
+    rows = {}
+    for line in lines[lines.index(header) + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = line.strip("|").split("|")
+        rows[cells[0]] = {c: (float(cells[1 + 2 * i]), float(cells[2 + 2 * i])) for i, c in enumerate(conditions)}
+    return rows
+
+
 def test_stages_0_to_2_with_a_teacher_then_fbank(recipe):
     recipe_dir, teacher, repo_root = recipe
     first = run(recipe_dir, repo_root, "--stage", "0", "--stop_stage", "2", "--mini_size", "tiny", "--ngpu", "0",
@@ -61,10 +79,12 @@ def test_stages_0_to_2_with_a_teacher_then_fbank(recipe):
     assert (recipe_dir / "exp/teacher/.stage2.done").read_text() == f"teacher={teacher.resolve()}\n"
     assert '"architecture"' in output  # import_teacher's report of the checked checkpoint
 
-    # the fbank baseline through stages 3-5, with TTA, mean subtraction and AS-norm
+    # the fbank baseline through stages 3-5, with TTA, mean subtraction, AS-norm and noisy trials
+    conditions = ["clean", "snr5", "reverb", "babble"]
     fbank = run(recipe_dir, repo_root, "--stage", "2", "--stop_stage", "5", "--ngpu", "0",
                 "--sv_config", "conf/ecapa_fbank_mini.yaml", "--sv_args", SHORT, "--tta_segments", "2",
-                "--segment_seconds", "1", "--subtract_mean", "true", "--score_norm", "asnorm", "--top_n", "3")
+                "--segment_seconds", "1", "--subtract_mean", "true", "--score_norm", "asnorm", "--top_n", "3",
+                "--test_conditions", " ".join(conditions), "--condition_seed", "4")
     output = fbank.stdout + fbank.stderr
     assert "keeping the teacher imported earlier" in fbank.stdout
     exp_fbank = recipe_dir / "exp" / "sv_ecapa_fbank_mini"
@@ -74,7 +94,9 @@ def test_stages_0_to_2_with_a_teacher_then_fbank(recipe):
     assert set(embeddings) == set(test_utts) and embeddings[next(iter(test_utts))].shape == (3, 16)
     assert (exp_fbank / "embeddings/train/xvector.scp").is_file()  # the mean and the AS-norm cohort
     rows = results_rows(exp_fbank / "RESULTS.md")
-    assert set(rows) == {"test", "test_asnorm"}  # the mini corpus has one trial list, plus its AS-norm scores
+    # the mini corpus has one trial list, plus its AS-norm scores, each under every condition
+    assert set(rows) == {f"{name}{'' if c == 'clean' else '_' + c}" for name in ("test", "test_asnorm")
+                         for c in conditions}
     eer, dcf01, dcf05 = rows["test"]
     assert 0.0 <= eer <= 100.0 and 0.0 <= dcf01 and 0.0 <= dcf05
     assert f"EER = {eer:.3f}" in (exp_fbank / "scores/test.eer").read_text() and f"EER = {eer:.3f}" in output
@@ -82,6 +104,28 @@ def test_stages_0_to_2_with_a_teacher_then_fbank(recipe):
     assert [line.split()[0] for line in (exp_fbank / "stage_times.txt").read_text().splitlines()] == ["3", "4", "5"]
     text = (exp_fbank / "RESULTS.md").read_text()
     assert "TTA 2 x 1 s segments" in text and "training mean subtracted" in text and "asnorm (top 3)" in text
+
+    # per condition: the enrolment and test utterances corrupted; one EER / minDCF pair per condition
+    by_condition = condition_rows(exp_fbank / "RESULTS.md")
+    assert list(by_condition) == ["test", "test_asnorm"] and list(by_condition["test"]) == conditions
+    assert by_condition["test"]["clean"] == (eer, dcf01)
+    for condition in conditions[1:]:
+        noisy = kaldiio.load_scp(str(exp_fbank / f"embeddings/test_{condition}/xvector.scp"))
+        assert set(noisy) == set(test_utts)
+        assert not np.allclose(noisy[next(iter(test_utts))], embeddings[next(iter(test_utts))])
+        assert f"test condition {condition}:" in (exp_fbank / f"embeddings/test_{condition}/extract.log").read_text()
+        assert by_condition["test"][condition] == rows[f"test_{condition}"][:2]
+    assert "babble of 3-7 talkers from data/musan_speech" in text and "seed 4" in text
+    # snr5 recomputed from its score file with scikit-learn's ROC, independently of speechdistill.metrics
+    trials = [line.split() for line in (recipe_dir / "data/test/trials").read_text().splitlines()]
+    scored = {tuple(f[:2]): float(f[2]) for f in map(str.split, (exp_fbank / "scores/test_snr5.score").read_text()
+                                                          .splitlines())}
+    scores = np.array([scored[(enroll, test)] for enroll, test, _ in trials])
+    labels = np.array([label == "target" for _, _, label in trials])
+    snr5_eer, snr5_dcf = by_condition["test"]["snr5"]
+    assert snr5_eer == pytest.approx(100 * sklearn_eer(scores, labels), abs=5.1e-4)
+    assert snr5_dcf == pytest.approx(sklearn_min_dcf(scores, labels, 0.01), abs=5.1e-4)
+    assert f"EER = {snr5_eer:.3f}" in (exp_fbank / "scores/test_snr5.eer").read_text()
 
     # a rerun trains nothing; another config in the same exp dir is refused
     again = run(recipe_dir, repo_root, "--stage", "3", "--stop_stage", "4", "--ngpu", "0",

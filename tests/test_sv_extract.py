@@ -124,6 +124,43 @@ def test_rerun_is_a_no_op_until_an_input_changes(setup, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_a_test_condition_corrupts_every_utterance_as_its_seed_says(setup, tmp_path):
+    """Under snr5, each embedding is that of the utterance corrupted by its own generator (seed, condition, id),
+    for any system: here the fbank baseline and the OS-KDFT student, whole utterance and TTA segments alike."""
+    from test_asr_common import make_noise_dir
+
+    from speechdistill.augment.conditions import corrupt_batch, parse_condition
+    root, teacher = setup
+    condition = parse_condition("snr5", noise_dirs=[make_noise_dir(tmp_path / "noise")])
+    options = ExtractOptions(num_workers=0, tta_segments=2, segment_seconds=0.5)
+    for system in ("fbank", "oskdft"):
+        _, _, model_dir = trained_like_model(root, system, str(teacher) if system == "oskdft" else None)
+        embedder = load_sv_model(model_dir)
+        out = tmp_path / system
+        result = extract_embeddings(embedder, model_dir, root / "test", out, options=options, progress=False,
+                                    condition=condition, condition_seed=7)
+        table = kaldiio.load_scp(str(result.scp))
+        clean = kaldiio.load_scp(str(extract_embeddings(embedder, model_dir, root / "test", tmp_path / f"{system}_clean",
+                                                        options=options, progress=False).scp))
+        noisy = {}
+        for key in ("spk02-u00", "spk03-u00"):
+            wav = torch.from_numpy(read_audio(str(root / "test" / "wav" / f"{key}.wav")))[None]
+            noisy[key] = corrupt_batch(condition, wav, torch.tensor([wav.shape[1]]), [key], seed=7)[0].numpy()
+            assert not np.allclose(noisy[key], wav[0].numpy())
+            np.testing.assert_allclose(table[key][0], embed_alone(embedder, noisy[key]), rtol=1e-4, atol=1e-5)
+            assert not np.allclose(table[key][0], clean[key][0], rtol=1e-3, atol=1e-4)
+        # the second TTA segment of the 20000-sample utterance starts at 12000: cut from the corrupted audio
+        np.testing.assert_allclose(table["spk02-u00"][2], embed_alone(embedder, noisy["spk02-u00"][12000:20000]),
+                                   rtol=1e-4, atol=1e-5)
+        assert "test condition snr5" in (out / "extract.log").read_text()
+        again = extract_embeddings(embedder, model_dir, root / "test", out, options=options, progress=False,
+                                   condition=condition, condition_seed=7)
+        assert again.already_done
+        reseeded = extract_embeddings(embedder, model_dir, root / "test", out, options=options, progress=False,
+                                      condition=condition, condition_seed=8)
+        assert not reseeded.already_done
+
+
 def test_entry_point_writes_embeddings_and_reports_errors_on_one_line(setup, tmp_path):
     root, _ = setup
     _, _, model_dir = trained_like_model(root, "fbank")

@@ -126,3 +126,42 @@ def test_systems_are_compared_on_one_trial_list(tmp_path):
     mixed = command + ["--list", "a", systems[2], systems[3]]
     done = subprocess.run(mixed, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "not both" in done.stderr
+
+
+def test_conditions_get_one_eer_mindcf_pair_each(tmp_path):
+    """--condition-list: the same trial list scored under test conditions; RESULTS.md gets a row per list and an
+    EER / minDCF (p=0.01) pair per condition, clean first; the comparison of systems gets the same pair per
+    extra condition (--system-condition)."""
+    rng = np.random.default_rng(2)
+    labels = rng.random(300) < 0.4
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    args, expected = [], {}
+    for condition, separation in (("clean", 3.0), ("snr0", 0.8), ("snr10", 1.5)):
+        item, rounded = write_lists(tmp_path, f"test_{condition}", labels, rng.normal(size=300) + separation * labels)
+        trials = str(tmp_path / "test_clean.trials")
+        args += (["--list", "test", str(item.scores), trials] if condition == "clean"
+                 else ["--condition-list", "test", condition, str(item.scores), trials])
+        expected[condition] = (100 * sklearn_eer(labels, rounded), brute_min_dcf(labels, rounded, 0.01))
+    command = [sys.executable, "-m", "speechdistill.bin.sv_results", "--output", str(tmp_path / "R.md"), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "R.md").read_text()
+    assert ("|trials|clean EER (%)|clean minDCF (p=0.01)|snr10 EER (%)|snr10 minDCF (p=0.01)|snr0 EER (%)|"
+            "snr0 minDCF (p=0.01)|") in text
+    row = "|test|" + "".join(f"{expected[c][0]:.3f}|{expected[c][1]:.3f}|" for c in ("clean", "snr10", "snr0"))
+    assert row in text
+    assert "|test_snr0|" in done.stdout and (tmp_path / "det" / "test_snr0_det.png").is_file()
+
+    model_dir = tmp_path / "sys" / "sv_model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "sv_model.yaml").write_text(yaml.safe_dump({"system": "fbank", "info": {"backend_params": 7}}))
+    systems = ["--system", "a", args[2], args[3], str(model_dir),
+               "--system-condition", "a", "snr0", str(tmp_path / "test_snr0.score")]
+    command = [sys.executable, "-m", "speechdistill.bin.sv_results", "--output", str(tmp_path / "cmp/R.md"), *systems]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"|{expected['snr0'][0]:.3f}|{expected['snr0'][1]:.3f}|" in done.stdout.splitlines()[-1]
+    assert done.stdout.splitlines()[0].endswith("|snr0 EER (%)|snr0 minDCF (p=0.01)|")
+    done = subprocess.run(command[:-3] + ["b", "snr0", str(tmp_path / "test_snr0.score")], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 1 and "no --system named b" in done.stderr

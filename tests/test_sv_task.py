@@ -60,8 +60,15 @@ def randomize_adapters(model, scale=0.5):
                 parameter.copy_(scale * torch.randn_like(parameter))
 
 
+# the intended design, instead of the released code's init: the whole teacher copied, zero up projections,
+# no adapter residual
+WHOLE_COPY = dict(student_init={"feature_extractor": True, "feature_norm": True, "feature_projection": True,
+                                "pos_conv": True, "encoder_norm": True, "layers": [0, 1, 2, 3]},
+                  student_encoder={"adapter_residual": "none", "adapter_init": "zero_up"})
+
+
 def test_zero_initialised_adapters_leave_the_copied_student_equal_to_the_teacher(files, tmp_path):
-    task, model = make_task(files, tmp_path)
+    task, model = make_task(files, tmp_path, **WHOLE_COPY)
     model.eval()
     batch = batch_of(files)
     wavs, lengths = batch["wavs"], batch["lengths"]
@@ -79,6 +86,24 @@ def test_zero_initialised_adapters_leave_the_copied_student_equal_to_the_teacher
     out = task.train_step(model, batch, step=0)
     assert out.terms["kd_mse"].item() < 1e-9
     assert out.loss.item() == pytest.approx(out.terms["speaker_loss"].item(), rel=1e-6)
+
+
+def test_the_released_init_keeps_the_speaker_branch_apart_from_the_start(files, tmp_path):
+    """The preset's defaults (the released code): positional conv and encoder LayerNorm not copied, adapters
+    N(0, 0.02^2) with a residual, so the branches differ at the first step and so does the student from the
+    teacher (the distillation loss starts above zero)."""
+    task, model = make_task(files, tmp_path)
+    model.eval()
+    batch = batch_of(files)
+    with torch.no_grad():
+        on = model.student(batch["wavs"], batch["lengths"], use_adapters=True)
+        off = model.student(batch["wavs"], batch["lengths"], use_adapters=False)
+        teacher = task.teacher(batch["wavs"], batch["lengths"])
+    assert torch.equal(on.hidden_states[0], off.hidden_states[0])
+    assert (on.hidden_states[4] - off.hidden_states[4]).abs().max() > 0.1
+    assert (off.hidden_states[0] - teacher.hidden_states[0]).abs().max() > 0.1  # another positional conv
+    model.train()
+    assert task.train_step(model, batch, step=0).terms["kd_mse"].item() > 1e-4
 
 
 def test_two_pass_structure_adapters_only_in_the_speaker_branch(files, tmp_path):

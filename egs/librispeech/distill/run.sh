@@ -55,7 +55,8 @@ asr_nj=1                          # stage 4: probes trained at once when there a
 asr_dump_features=                # true: dump the upstream's hidden states once (<asr_exp>/dump) and train on them
                                   # (default false; true with --demo true)
 decode_args=                      # extra asr_decode options, e.g. "--beam-size 10" (names the decode dir)
-test_conditions=clean             # stage 5: any of "clean snr20 snr10 snr5 snr0 reverb" (noise/RIRs of stage 1)
+test_conditions=clean             # stage 5: any of "clean snr20 snr10 snr5 snr0 reverb babble" (noise, RIRs and
+                                  # speech of stage 1)
 condition_seed=0                  # stage 5: seed of the corrupted test audio, the same for every model
 results_dir=                      # stage 6: where RESULTS.md and the PNGs go (default: exp/demo with --demo true,
                                   # else <distill_exp>)

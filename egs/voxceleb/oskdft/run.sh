@@ -7,6 +7,9 @@
 #   ./run.sh --stage 2 --stop_stage 5 --teacher /path/to/hubert-base-ls960 --sv_config conf/oskdft_paper.yaml
 #                                            # teacher import, training, embeddings, scoring -> RESULTS.md
 #                                            # (README: "Speaker verification: stages 2-5")
+#   ./run.sh --stage 4 --stop_stage 5 --test_conditions "clean snr20 snr10 snr5 snr0 reverb babble"
+#                                            # the trials' enrolment and test audio corrupted (MUSAN, RIRs of
+#                                            # stage 1); RESULTS.md: an EER/minDCF pair per condition
 #   local/demo.sh                            # `make demo-sv`: OS-KDFT vs a random student and baselines
 #
 # Corpora come from db.sh; empty VOXCELEB1 and VOXCELEB2 select the embedded mini VoxCeleb
@@ -42,6 +45,9 @@ mem_per_gpu=32                    # GB of memory of each training process on a c
 tta_segments=0                    # stage 4: test-time augmentation segments per utterance (OS-KDFT: 5); 0 = off
 segment_seconds=3                 # stage 4: length of a TTA segment in seconds
 extract_args=                     # stage 4: extra sv_extract options, e.g. "--batch-seconds 60"
+test_conditions=clean             # stages 4-5: any of "clean snr20 snr10 snr5 snr0 reverb babble": the enrolment and
+                                  # test audio of every trial corrupted (MUSAN noise, RIRs, MUSAN speech of stage 1)
+condition_seed=0                  # stages 4-5: seed of the corrupted audio, the same for every system
 subtract_mean=false               # stage 5: subtract the training set's mean embedding before the cosine
 score_norm=none                   # stage 5: none, asnorm or snorm (cohort: per-speaker means of data/train)
 top_n=300                         # stage 5: cohort size kept by asnorm
@@ -216,9 +222,29 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     fi
 fi
 
+# condition_opts CONDITION: the sv_extract options of a test condition: its seed and the noise, RIR or speech dir of
+# stage 1 it draws from (printed as words)
+condition_opts() {
+    [ "$1" = clean ] && return 0
+    local noise_dirs= rir_dir= dir=
+    if [ -f data/.stage1.done ]; then
+        . data/.stage1.done
+    fi
+    case "$1" in
+        snr*) dir=${noise_dirs%% *}; [ -n "${dir}" ] && echo --noise-data "${dir}" ;;  # MUSAN noise (white without)
+        reverb) [ -n "${rir_dir}" ] && echo --rir-data "${rir_dir}" ;;
+        babble*) dir=${noise_dirs##* }; [ -n "${dir}" ] && echo --babble-data "${dir}" ;;  # MUSAN speech
+    esac
+    echo --condition "$1" --seed "${condition_seed}"
+}
+
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     resolve_sv
-    log "stage 4: embeddings -> ${sv_exp}/embeddings/<set>/xvector.{ark,scp}"
+    log "stage 4: embeddings -> ${sv_exp}/embeddings/<set>[_<condition>]/xvector.{ark,scp} (conditions: ${test_conditions})"
+    if [[ " ${test_conditions} " =~ \ (snr|reverb|babble) ]] && [ ! -f data/.stage1.done ]; then
+        log "  no data/.stage1.done: snr conditions add white Gaussian noise; reverb and babble need stage 1" \
+            "(run it for MUSAN and RIRs)"
+    fi
     [ -f "${sv_exp}/sv_model/sv_model.yaml" ] || { log "error: no ${sv_exp}/sv_model; run stage 3 first"; exit 1; }
     train_set=$(. data/.stage0.done && echo "${train_set}")
     test_sets=$(. data/.stage0.done && echo "${test_sets}")
@@ -232,13 +258,17 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
     for set in ${sets}; do
         tta=$([ "${set}" = "${train_set}" ] && echo 0 || echo "${tta_segments}")
-        # shellcheck disable=SC2086  # extract_args is split into words
-        run_job ${cuda_cmd} --gpu "${gpu}" "${sv_exp}/log/extract_${set}.log" \
-            python -m speechdistill.bin.sv_extract --model-dir "${sv_exp}/sv_model" --data "data/${set}" \
-            --output-dir "${sv_exp}/embeddings/${set}" --tta-segments "${tta}" --segment-seconds "${segment_seconds}" \
-            --device "${device}" $([ "${redo}" = true ] && echo --force) ${extract_args}
-        grep '^sv_extract:' "${sv_exp}/log/extract_${set}.log" | sed 's/^/    /' || true
-        grep -q 'is up to date' "${sv_exp}/log/extract_${set}.log" || computed=true
+        conditions=$([ "${set}" = "${train_set}" ] && echo clean || echo "${test_conditions}")  # mean, cohort: clean
+        for condition in ${conditions}; do
+            name=${set}$([ "${condition}" = clean ] || echo "_${condition}")
+            # shellcheck disable=SC2086  # extract_args is split into words
+            run_job ${cuda_cmd} --gpu "${gpu}" "${sv_exp}/log/extract_${name}.log" \
+                python -m speechdistill.bin.sv_extract --model-dir "${sv_exp}/sv_model" --data "data/${set}" \
+                --output-dir "${sv_exp}/embeddings/${name}" --tta-segments "${tta}" --segment-seconds "${segment_seconds}" \
+                --device "${device}" $(condition_opts "${condition}") $([ "${redo}" = true ] && echo --force) ${extract_args}
+            grep '^sv_extract:' "${sv_exp}/log/extract_${name}.log" | sed 's/^/    /' || true
+            grep -q 'is up to date' "${sv_exp}/log/extract_${name}.log" || computed=true
+        done
     done
     if [ "${computed}" = true ]; then
         record_time 4 "${started}" "embeddings"
@@ -260,23 +290,31 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     lists=()
     for set in ${test_sets}; do
         trials=data/${set}/trials
-        score=${sv_exp}/scores/${set}.score
-        norm_opts=()
-        if [ "${score_norm}" != none ]; then
-            norm_opts=(--train-embeddings "${train_embeddings}" --train-utt2spk "data/${train_set}/utt2spk"
-                       --score-norm "${score_norm}" --top-n "${top_n}"
-                       --norm-output "${sv_exp}/scores/${set}_${score_norm}.score")
-        fi
-        python -m speechdistill.bin.score_trials --trials "${trials}" --embeddings "${sv_exp}/embeddings/${set}/xvector.scp" \
-            --output "${score}" "${mean_opts[@]}" "${norm_opts[@]}" 2> "${sv_exp}/log/score_${set}.log" \
-            || { cat "${sv_exp}/log/score_${set}.log" >&2; exit 1; }
-        python -m speechdistill.bin.compute_eer --scores "${score}" --trials "${trials}" | tee "${sv_exp}/scores/${set}.eer"
-        lists+=(--list "${set}" "${score}" "${trials}")
-        if [ "${score_norm}" != none ]; then
-            python -m speechdistill.bin.compute_eer --scores "${sv_exp}/scores/${set}_${score_norm}.score" \
-                --trials "${trials}" | tee "${sv_exp}/scores/${set}_${score_norm}.eer"
-            lists+=(--list "${set}_${score_norm}" "${sv_exp}/scores/${set}_${score_norm}.score" "${trials}")
-        fi
+        for condition in ${test_conditions}; do
+            suffix=$([ "${condition}" = clean ] || echo "_${condition}")
+            name=${set}${suffix}
+            norm_name=${set}_${score_norm}${suffix}
+            list_opt=(--list "${set}")
+            [ "${condition}" = clean ] || list_opt=(--condition-list "${set}" "${condition}")
+            score=${sv_exp}/scores/${name}.score
+            norm_opts=()
+            if [ "${score_norm}" != none ]; then
+                norm_opts=(--train-embeddings "${train_embeddings}" --train-utt2spk "data/${train_set}/utt2spk"
+                           --score-norm "${score_norm}" --top-n "${top_n}"
+                           --norm-output "${sv_exp}/scores/${norm_name}.score")
+            fi
+            python -m speechdistill.bin.score_trials --trials "${trials}" \
+                --embeddings "${sv_exp}/embeddings/${name}/xvector.scp" --output "${score}" "${mean_opts[@]}" \
+                "${norm_opts[@]}" 2> "${sv_exp}/log/score_${name}.log" || { cat "${sv_exp}/log/score_${name}.log" >&2; exit 1; }
+            python -m speechdistill.bin.compute_eer --scores "${score}" --trials "${trials}" | tee "${sv_exp}/scores/${name}.eer"
+            lists+=("${list_opt[@]}" "${score}" "${trials}")
+            if [ "${score_norm}" != none ]; then
+                python -m speechdistill.bin.compute_eer --scores "${sv_exp}/scores/${norm_name}.score" \
+                    --trials "${trials}" | tee "${sv_exp}/scores/${norm_name}.eer"
+                list_opt[1]=${set}_${score_norm}
+                lists+=("${list_opt[@]}" "${sv_exp}/scores/${norm_name}.score" "${trials}")
+            fi
+        done
     done
     record_time 5 "${started}" "scoring"
     embedding_note="embeddings: full utterance"
@@ -290,9 +328,20 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     if [ "${score_norm}" != none ]; then
         scoring_note+="; rows *_${score_norm}: ${score_norm} (top ${top_n}) against data/${train_set}"
     fi
+    condition_note="test conditions: clean"
+    if [ "${test_conditions}" != clean ]; then
+        condition_note="test conditions (the enrolment and test audio of every trial corrupted, seed ${condition_seed}, the same for every system):"
+        for condition in ${test_conditions}; do
+            [ "${condition}" = clean ] && continue
+            set=${test_sets%% *}
+            condition_note+=" ${condition}: $(sed -n 's/.*test condition [^:]*: \(.*\) (seed [0-9]*)$/\1/p' \
+                "${sv_exp}/embeddings/${set}_${condition}/extract.log" | tail -n 1);"
+        done
+    fi
     python -m speechdistill.bin.sv_results --output "${sv_exp}/RESULTS.md" --det-dir "${sv_exp}/scores" \
         --model-dir "${sv_exp}/sv_model" --stage-times "${sv_exp}/stage_times.txt" "${lists[@]}" \
-        --note "config: ${sv_config}${sv_args:+ with ${sv_args}}" --note "${embedding_note}" --note "${scoring_note}"
+        --note "config: ${sv_config}${sv_args:+ with ${sv_args}}" --note "${embedding_note}" --note "${scoring_note}" \
+        --note "${condition_note%;}"
     log "stage 5 done: ${sv_exp}/RESULTS.md"
 fi
 

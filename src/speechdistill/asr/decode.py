@@ -36,13 +36,13 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from tqdm import tqdm
 
+from ..augment.conditions import TestCondition, corrupt_batch, parse_condition
 from ..data.audio import SAMPLE_RATE
 from ..data.inference import DEFAULT_MAX_SECONDS, inference_batches, run_each_on_failure
 from ..data.tables import atomic_write_text, write_table
 from ..downstream.ctc_decode import greedy_decode, prefix_beam_search
 from ..train.logs import close_logger, setup_logger
 from ..train.precision import autocast, resolve_device, resolve_precision
-from .conditions import TestCondition, parse_condition
 from .layout import INFO_FILE, LOG_FILE, SKIPPED_FILE, TEXT_FILE
 from .model import WEIGHTS_FILE, load_asr_model
 from .upstream import FrozenUpstream, UpstreamError, upstream_fingerprint
@@ -97,28 +97,6 @@ def data_fingerprint(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def utterance_generator(seed: int, condition: str, key: str) -> torch.Generator:
-    """A CPU generator seeded from (seed, condition, utterance id) alone: the same corrupted audio for
-    an utterance in any batch, on any device, for every model decoded with the same seed."""
-    digest = hashlib.sha256(f"{seed}\0{condition}\0{key}".encode("utf-8")).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
-def corrupt_batch(condition: TestCondition, wavs: torch.Tensor, lengths: torch.Tensor, keys: Sequence[str],
-                  seed: int) -> torch.Tensor:
-    """Apply ``condition`` to each utterance of ``wavs`` ``[B, T]`` (valid ``lengths`` ``[B]`` samples)
-    with its own generator; padding stays zero. Returns ``[B, T]``."""
-    if condition.is_clean:
-        return wavs
-    out = torch.zeros_like(wavs)
-    for row, key in enumerate(keys):
-        length = int(lengths[row])
-        corrupted = condition.apply(wavs[row:row + 1, :length], lengths[row:row + 1],
-                                    utterance_generator(seed, condition.name, key))
-        out[row, :length] = corrupted[0, :length]
-    return out
-
-
 def whole_utterance_batches(data_dir: PathLike, min_samples: int, batch_seconds: float,
                             max_batch_size: Optional[int], num_workers: int):
     """Dataset and loader of ``data_dir``'s whole utterances in length order (no crop, no shuffle).
@@ -135,14 +113,15 @@ def whole_utterance_batches(data_dir: PathLike, min_samples: int, batch_seconds:
 def decode_data_dir(asr_model_dir: PathLike, data_dir: PathLike, out_dir: PathLike, *,
                     upstream: Optional[PathLike] = None, condition: str = "clean", seed: int = 0,
                     noise_dirs: Sequence[PathLike] = (), rir_dirs: Sequence[PathLike] = (),
-                    options: Optional[DecodeOptions] = None, force: bool = False) -> DecodeResult:
+                    babble_dirs: Sequence[PathLike] = (), options: Optional[DecodeOptions] = None,
+                    force: bool = False) -> DecodeResult:
     """Decode ``data_dir`` into ``out_dir`` (see the module docstring); a finished identical decode is
     not redone unless ``force``."""
     options = options or DecodeOptions()
     asr_model_dir, data_dir, out_dir = Path(asr_model_dir), Path(data_dir), Path(out_dir)
     if options.beam_size < 1:
         raise ValueError(f"--beam-size must be at least 1 (1 = greedy), found {options.beam_size}")
-    test_condition = parse_condition(condition, noise_dirs=noise_dirs, rir_dirs=rir_dirs)
+    test_condition = parse_condition(condition, noise_dirs=noise_dirs, rir_dirs=rir_dirs, babble_dirs=babble_dirs)
     model, tokenizer, info = load_asr_model(asr_model_dir)
     upstream_path = str(upstream) if upstream is not None else info.upstream
     if upstream_fingerprint(upstream_path) != info.upstream_fingerprint:
@@ -247,5 +226,5 @@ def _decode(model, tokenizer, upstream_path: str, data_dir: Path, out_dir: Path,
     return DecodeResult(out_dir, len(hypotheses), sorted(skipped), audio_seconds, seconds, cut=sorted(cut))
 
 
-__all__: Sequence[str] = ["DecodeOptions", "DecodeResult", "corrupt_batch", "decode_data_dir", "utterance_generator",
+__all__: Sequence[str] = ["DecodeOptions", "DecodeResult", "decode_data_dir",
                           "whole_utterance_batches"]

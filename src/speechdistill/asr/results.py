@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
+from ..augment.conditions import condition_sort_key
 from ..data.tables import atomic_write_text
 from ..metrics.wer import ErrorReport, ScoringError, results_table, score_files
-from .conditions import condition_sort_key
 from .layout import INFO_FILE, TEXT_FILE, read_decode_info
 
 PathLike = Union[str, os.PathLike]

@@ -12,7 +12,8 @@ data, condition, seed and beam does nothing (``--force`` decodes again).
 Test conditions (``--condition``): ``clean``; ``snr<N>`` adds noise at N dB SNR over each
 utterance's real length, drawn from the Kaldi noise dir ``--noise-data`` (MUSAN noise of
 stage 1), or white noise when none is given; ``reverb`` convolves with a room impulse response
-from ``--rir-data`` (RIRS_NOISES of stage 1). The random choices of each utterance are seeded from
+from ``--rir-data`` (RIRS_NOISES of stage 1); ``babble`` (13-20 dB) and ``babble<N>`` add 3-7 talkers
+of ``--babble-data`` (MUSAN speech of stage 1). The random choices of each utterance are seeded from
 ``--seed``, the condition and the utterance id alone, so every model decoded with the same seed
 hears the same corrupted audio, whatever the batching.
 """
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import List, Optional
+
+from speechdistill.augment.conditions import add_condition_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True, help="where text, decode_info.json and decode.log go")
     parser.add_argument("--upstream", default=None,
                         help="upstream model (default: the one recorded in the ASR model; it must be the same files)")
-    parser.add_argument("--condition", default="clean", help="clean, snr<N> (e.g. snr10, snr-5) or reverb")
-    parser.add_argument("--noise-data", default=None, metavar="DIR",
-                        help="Kaldi dir of noise recordings for snr<N> (e.g. data/musan_noise); none: white noise")
-    parser.add_argument("--rir-data", default=None, metavar="DIR",
-                        help="Kaldi dir of room impulse responses for reverb (e.g. data/rirs)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test-condition corruption")
+    add_condition_arguments(parser)
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy; more = CTC prefix beam search")
     parser.add_argument("--batch-seconds", type=float, default=200.0,
                         help="seconds of padded audio per batch (raised to --max-seconds when smaller)")
@@ -69,7 +67,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = decode_data_dir(args.asr_model, args.data, args.output_dir, upstream=args.upstream,
                                  condition=args.condition, seed=args.seed,
                                  noise_dirs=[args.noise_data] if args.noise_data else [],
-                                 rir_dirs=[args.rir_data] if args.rir_data else [], options=options, force=args.force)
+                                 rir_dirs=[args.rir_data] if args.rir_data else [],
+                                 babble_dirs=[args.babble_data] if args.babble_data else [], options=options,
+                                 force=args.force)
     except (ValueError, OSError) as exc:
         print(f"asr_decode: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

@@ -5,8 +5,18 @@
 
 Each utterance is embedded whole; with --tta-segments S each entry is a [1+S, E] matrix (row 0 the
 full utterance, then S equally spaced segments), which score_trials scores as the mean of the
-full-utterance cosine and the mean segment-pair cosine. A rerun with the same model, data and
-options does nothing (--force recomputes). Progress goes to stderr, a log to OUTPUT_DIR/extract.log.
+full-utterance cosine and the mean segment-pair cosine. A rerun with the same model, data,
+options and condition does nothing (--force recomputes). Progress goes to stderr, a log to
+OUTPUT_DIR/extract.log.
+
+Under a test condition every utterance is corrupted before it is embedded:
+
+    python -m speechdistill.bin.sv_extract --model-dir exp/sv_x/sv_model --data data/test \
+        --output-dir exp/sv_x/embeddings/test_snr5 --condition snr5 --noise-data data/musan_noise --seed 0
+
+``snr<N>`` (noise of --noise-data, white noise without it), ``reverb`` (--rir-data), ``babble`` (3-7 talkers
+of --babble-data at 13-20 dB) or ``babble<N>``; each utterance's corruption is seeded from --seed, the
+condition and the utterance id alone, so every system embedded with the same seed hears the same audio.
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from speechdistill.augment.conditions import add_condition_arguments
 from speechdistill.sv.extract import ExtractOptions
 
 
@@ -44,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="autocast precision (default fp32; auto: bf16 where the hardware has it)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     parser.add_argument("--force", action="store_true", help="recompute even when the outputs are up to date")
+    add_condition_arguments(parser)
     return parser
 
 
@@ -51,6 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
+    from speechdistill.augment.conditions import condition_from_arguments
     from speechdistill.sv.extract import extract_embeddings
     from speechdistill.sv.model import load_sv_model
     from speechdistill.train.precision import autocast_dtype, resolve_device, resolve_precision
@@ -65,9 +78,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         options.validate()
         device = resolve_device(args.device)
         precision = resolve_precision(args.precision, device)
+        condition = condition_from_arguments(args)
         embedder = load_sv_model(args.model_dir)
         result = extract_embeddings(embedder, args.model_dir, args.data, args.output_dir, options=options,
-                                    device=device, autocast_dtype=autocast_dtype(precision), force=args.force)
+                                    device=device, autocast_dtype=autocast_dtype(precision), force=args.force,
+                                    condition=condition, condition_seed=args.seed)
     except (ValueError, OSError) as exc:
         print(f"sv_extract: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
@@ -75,7 +90,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"sv_extract: {result.scp} is up to date ({result.num_utts} embeddings); nothing to do "
               "(--force recomputes)", file=sys.stderr)
         return 0
-    print(f"sv_extract: wrote {result.num_utts} embeddings to {result.scp} in {result.seconds:.1f} s "
+    print(f"sv_extract: wrote {result.num_utts} embeddings{'' if condition.is_clean else f' ({condition.name})'} to "
+          f"{result.scp} in {result.seconds:.1f} s "
           f"({result.audio_seconds / max(result.seconds, 1e-9):.1f} audio-s/s, {precision})"
           + (f"; {len(result.skipped)} utterance(s) skipped, listed in {result.scp.parent / 'skipped_utts.txt'}"
              if result.skipped else "")

@@ -182,10 +182,11 @@ class DistillConfig(TrainerConfig):
 
     # teacher
     teacher: str = _opt("", "teacher model: our model dir (exp/teacher), HF dir, fairseq or s3prl checkpoint")
-    layer0_source: Literal["transformer_input", "feature_projection"] = _opt(
+    layer0_source: Literal["transformer_input", "feature_projection", "feature_projection_before_dropout"] = _opt(
         "transformer_input", "what hidden state 0 is, for teacher and student alike: the transformer input (after "
-                             "positional conv; HF convention) or the feature-projection output before it "
-                             "(DPHuBERT's torchaudio x0, STaR's reimplementation)")
+                             "positional conv; HF convention), the feature-projection output before it, after the "
+                             "student's dropout_input (DPHuBERT's torchaudio x0), or the same before that dropout "
+                             "(fairseq's post_cnn: STaR's released model code and re-implementation)")
     # student
     student: Optional[str] = _opt(None, "student preset (conf/students/<name>.yaml) or YAML path")
     student_encoder: Dict[str, Any] = _opt({}, "EncoderConfig changes applied to the preset's encoder (or the whole "

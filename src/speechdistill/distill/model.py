@@ -27,13 +27,16 @@ def hidden_states_with_layer0(output: Any, layer0_source: str) -> List[Optional[
 
     Args:
         output: :class:`speechdistill.models.encoder.EncoderOutput`.
-        layer0_source: ``transformer_input`` (keep) or ``feature_projection``.
+        layer0_source: ``transformer_input`` (keep), ``feature_projection`` (after ``dropout_input``) or
+            ``feature_projection_before_dropout``.
     Returns:
         list of ``[B, N, D]`` (None where not computed).
     """
     hidden = list(output.hidden_states)
     if layer0_source == "feature_projection":
         hidden[0] = output.projected_features
+    elif layer0_source == "feature_projection_before_dropout":
+        hidden[0] = output.projection_output
     return hidden
 
 

@@ -477,23 +477,37 @@ class FeedForward(nn.Module):
 
 class ParallelAdapter(nn.Module):
     """OS-KDFT adapter beside the FFN: [LayerNorm] -> Linear(D, r) -> ReLU -> [noise] -> Linear(r, D),
-    times ``scale``. The up projection starts at zero, so a fresh adapter changes nothing.
+    times ``scale``; with ``residual`` its input (before the LayerNorm) is added to that, as the paper-era
+    code's ``Adapter(add_residual=True)`` returns ``up + x``.
+
+    ``init``: ``zero_up`` (down kaiming-uniform, up zero, biases zero: without the residual a fresh adapter
+    adds nothing) or ``normal`` (both projections N(0, 0.02^2), biases zero: the init transformers'
+    ``_init_weights`` leaves them at in both released OS-KDFT generations).
 
     ``noise`` (2024 scripts): during training add Gaussian noise to the bottleneck with a
     standard deviation of U(0.1, 0.5) times its mean absolute value.
     """
 
+    NORMAL_INIT_STD = 0.02  # initializer_range of the released teachers' configs (HuBERT Base, XLSR-53)
+
     def __init__(self, hidden_size: int, bottleneck: int, *, scale: float = 1.0, layer_norm: bool = False,
-                 noise: bool = False, eps: float = 1e-5) -> None:
+                 noise: bool = False, residual: bool = False, init: str = "zero_up", eps: float = 1e-5) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size, eps=eps) if layer_norm else None
         self.down = nn.Linear(hidden_size, bottleneck)
         self.up = nn.Linear(bottleneck, hidden_size)
+        if init == "zero_up":
+            nn.init.zeros_(self.up.weight)
+        elif init == "normal":
+            nn.init.normal_(self.down.weight, std=self.NORMAL_INIT_STD)
+            nn.init.normal_(self.up.weight, std=self.NORMAL_INIT_STD)
+        else:
+            raise ValueError(f"adapter init must be 'zero_up' or 'normal', got {init!r}")
         nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self.scale = scale
         self.noise = noise
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, N, D] -> [B, N, D]."""
@@ -502,7 +516,8 @@ class ParallelAdapter(nn.Module):
         if self.noise and self.training:
             level = torch.empty((), device=h.device).uniform_(0.1, 0.5) * h.detach().abs().mean()
             h = h + torch.randn_like(h) * level
-        return self.up(h) * self.scale
+        out = self.up(h) * self.scale
+        return out + x if self.residual else out
 
 
 class TransformerLayer(nn.Module):

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Union
 
 from ..config import ConfigError, from_dict, to_dict
 
 BASE_CONV_LAYERS: List[List[int]] = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
+
+LAYER_GRAD_SCALES = ("none", "released", "independent")
+# ``layer_grad_scale`` was a bool in configs written before it named the variant. ``true`` selected the
+# split of the unscaled layer output (1 - m_i to the target), so that is what a model saved with it was
+# trained with, and what it resumes with.
+LEGACY_LAYER_GRAD_SCALE = {True: "independent", False: "none"}
+ADAPTER_RESIDUALS = ("none", "released")
+ADAPTER_INITS = ("zero_up", "normal")
 
 
 def _base_conv_layers() -> List[List[int]]:
@@ -67,7 +75,11 @@ class EncoderConfig:
     unique_layers: Optional[int] = None  # cyclic sharing: layer i runs unique layer i % unique_layers
     attention_reuse: List[bool] = field(default_factory=list)  # per layer: reuse previous layer's map
     reuse_mode: Literal["paper", "released"] = "paper"
-    layer_grad_scale: bool = False  # ARMHuBERT's per-layer gradient split
+    # ARMHuBERT's per-layer gradient split, m_i = (L - i) / (L - i + 1) for layer i (0-based): the main path
+    # gets m_i; the distillation target gets m_i * (1 - m_i) ("released": taken from the already scaled main
+    # path, as the released extract_features does) or 1 - m_i ("independent": from the unscaled output).
+    # true / false (older configs) read as "independent" / "none".
+    layer_grad_scale: Union[Literal["none", "released", "independent"], bool] = "none"
 
     # --- pruned shapes (written by ``prune``) ----------------------------------------------
     layer_heads: Optional[List[int]] = None  # heads kept per unique layer
@@ -84,8 +96,18 @@ class EncoderConfig:
     adapter_scale: float = 1.0
     adapter_layer_norm: bool = False
     adapter_noise: bool = False
+    # "released": the adapter returns its input plus the scaled up projection, as the paper-era code's
+    # Adapter(add_residual=True) does, so the speaker branch is 2h + FFN + scale * up; "none": only the
+    # scaled up projection (h + FFN + scale * up)
+    adapter_residual: Literal["none", "released"] = "none"
+    # "zero_up": down kaiming-uniform, up projection zero, biases zero (a fresh adapter adds nothing);
+    # "normal": both projections N(0, 0.02^2), biases zero (transformers' init of the released models,
+    # which runs after the adapters are built and replaces their own init)
+    adapter_init: Literal["zero_up", "normal"] = "zero_up"
 
     def __post_init__(self) -> None:
+        if isinstance(self.layer_grad_scale, bool):
+            self.layer_grad_scale = LEGACY_LAYER_GRAD_SCALE[self.layer_grad_scale]
         self.validate()
 
     # ------------------------------------------------------------------------------------------
@@ -177,6 +199,8 @@ class EncoderConfig:
                 fail("attention_reuse", "cannot be combined with head pruning (maps would not line up)")
         if self.reuse_mode not in ("paper", "released"):
             fail("reuse_mode", f"is {self.reuse_mode!r}; use 'paper' or 'released'")
+        if self.layer_grad_scale not in LAYER_GRAD_SCALES:
+            fail("layer_grad_scale", f"is {self.layer_grad_scale!r}; use one of {', '.join(LAYER_GRAD_SCALES)}")
         n_unique = self.num_unique_layers
         for key in ("layer_heads", "layer_ffn_sizes", "layer_head_indices"):
             value = getattr(self, key)
@@ -193,6 +217,10 @@ class EncoderConfig:
             fail("prune_conv", "needs feature_projection (pruning CNN channels would change hidden_size)")
         if self.adapter_dim < 0:
             fail("adapter_dim", "must be >= 0")
+        if self.adapter_residual not in ADAPTER_RESIDUALS:
+            fail("adapter_residual", f"is {self.adapter_residual!r}; use one of {', '.join(ADAPTER_RESIDUALS)}")
+        if self.adapter_init not in ADAPTER_INITS:
+            fail("adapter_init", f"is {self.adapter_init!r}; use one of {', '.join(ADAPTER_INITS)}")
         for key in ("dropout", "attention_dropout", "activation_dropout", "dropout_input", "layerdrop"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 fail(key, f"is {getattr(self, key)}; it must be in [0, 1)")

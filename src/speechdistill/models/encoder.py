@@ -44,8 +44,11 @@ class EncoderOutput:
         lengths: [B] valid frames per utterance.
         attentions: layer index (1-based, like hidden states) -> probabilities [B, H, N, N].
         conv_features: CNN output [B, N, C], before the feature LayerNorm.
-        projected_features: after feature LayerNorm and projection [B, N, D], before masking
-            and the positional convolution (DPHuBERT's and STaR's "layer 0").
+        projected_features: after feature LayerNorm, projection and ``dropout_input`` [B, N, D],
+            before masking and the positional convolution (DPHuBERT's "layer 0": torchaudio's feature
+            projection ends in its dropout).
+        projection_output: the same before ``dropout_input`` (fairseq's ``post_cnn``, STaR's "layer 0");
+            the same tensor as ``projected_features`` in eval mode.
     """
 
     hidden_states: List[Optional[torch.Tensor]]
@@ -53,6 +56,7 @@ class EncoderOutput:
     attentions: Dict[int, torch.Tensor] = field(default_factory=dict)
     conv_features: Optional[torch.Tensor] = None
     projected_features: Optional[torch.Tensor] = None
+    projection_output: Optional[torch.Tensor] = None
 
     @property
     def padding_mask(self) -> torch.Tensor:
@@ -102,7 +106,9 @@ class Encoder(nn.Module):
         adapter = None
         if c.adapter_dim:
             adapter = ParallelAdapter(c.hidden_size, c.adapter_dim, scale=c.adapter_scale,
-                                      layer_norm=c.adapter_layer_norm, noise=c.adapter_noise, eps=c.layer_norm_eps)
+                                      layer_norm=c.adapter_layer_norm, noise=c.adapter_noise,
+                                      residual=c.adapter_residual == "released", init=c.adapter_init,
+                                      eps=c.layer_norm_eps)
         return TransformerLayer(attention, feed_forward, c.hidden_size, layer_norm_first=c.layer_norm_first,
                                 eps=c.layer_norm_eps, dropout=c.dropout, adapter=adapter)
 
@@ -207,6 +213,7 @@ class Encoder(nn.Module):
         x = self._feature_norm(features, last_mask) if self.feature_norm is not None else features
         if self.feature_projection is not None:
             x = project_layer(self.feature_projection, x)
+        projection_output = x
         x = self.dropout_input(x)
         projected = x
         if mask_indices is not None:
@@ -230,7 +237,7 @@ class Encoder(nn.Module):
         position_bias = self.position_bias(frames, wavs.device)
         if use_adapters is None:
             use_adapters = bool(c.adapter_dim)
-        split_grad = c.layer_grad_scale and torch.is_grad_enabled()
+        split_grad = c.layer_grad_scale != "none" and torch.is_grad_enabled()
 
         hidden: List[Optional[torch.Tensor]] = [x if keep is None or 0 in keep else None]
         attentions: Dict[int, torch.Tensor] = {}
@@ -249,10 +256,11 @@ class Encoder(nn.Module):
                         attentions[i + 1] = probs
             target = x
             if split_grad:
-                x, target = layer_grad_split(x, i, c.num_layers)
+                x, target = layer_grad_split(x, i, c.num_layers, c.layer_grad_scale)
             if c.layer_norm_first and i + 1 == c.num_layers:
                 target = self.encoder_norm(target)
             hidden.append(target if keep is None or (i + 1) in keep else None)
         hidden.extend([None] * (c.num_layers - last))
         return EncoderOutput(hidden_states=hidden, lengths=frame_lengths, attentions=attentions,
-                             conv_features=features, projected_features=projected)
+                             conv_features=features, projected_features=projected,
+                             projection_output=projection_output)

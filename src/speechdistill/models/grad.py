@@ -29,14 +29,23 @@ def grad_multiply(tensor: torch.Tensor, scale: float) -> torch.Tensor:
     return _GradMultiply.apply(tensor, scale)
 
 
-def layer_grad_split(hidden: torch.Tensor, layer: int, num_layers: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ARMHuBERT's layer gradient scaling for the output of layer ``layer`` (0-based).
+def layer_grad_split(hidden: torch.Tensor, layer: int, num_layers: int, mode: str = "released"
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ARMHuBERT's layer gradient scaling for the output of layer ``layer`` (0-based) of ``num_layers``.
 
-    With m = (L - i) / (L - i + 1), the tensor that continues into layer i+1 carries gradient
-    scale m and the tensor handed to the distillation loss carries 1 - m; both equal ``hidden``.
+    With m = (L - i) / (L - i + 1), the tensor that continues into layer i+1 carries gradient scale m.
+    The tensor handed to the distillation loss carries m * (1 - m) in ``released`` mode: the released
+    ``extract_features`` reassigns the main path first (x = GradMultiply(x, m)) and then takes the
+    target from that scaled x (GradMultiply(x, 1 - m)); 0.25 instead of 0.5 at the last layer. In
+    ``independent`` mode it carries 1 - m, taken from the unscaled output.
 
     Returns:
         (main_path, target_path), each the same values as ``hidden`` [B, N, D].
     """
     keep = (num_layers - layer) / (num_layers - layer + 1)
-    return grad_multiply(hidden, keep), grad_multiply(hidden, 1.0 - keep)
+    main = grad_multiply(hidden, keep)
+    if mode == "released":
+        return main, grad_multiply(main, 1.0 - keep)
+    if mode == "independent":
+        return main, grad_multiply(hidden, 1.0 - keep)
+    raise ValueError(f"layer_grad_split: mode must be 'released' or 'independent', got {mode!r}")

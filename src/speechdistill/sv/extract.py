@@ -15,10 +15,16 @@ scoring later names any trial that needs a missing one. An utterance longer than
 ``max_seconds`` (default 300 s) is embedded from its first ``max_seconds``, named in the log;
 the batch budget never grows beyond that.
 
+Under a test condition (:mod:`speechdistill.augment.conditions`: noise at an SNR, reverberation,
+babble) every utterance is corrupted before it is embedded (and before its TTA segments are cut),
+with a generator seeded by (seed, condition, utterance id) alone: the enrolment and test
+utterances of every trial are corrupted, and every system embedded with the same seed gets the
+same audio.
+
 Output files appear atomically: the ark under a temporary name is renamed first, then the scp
 (which points at the final ark name), so a directory with ``xvector.scp`` is complete. A
-``extract.done`` marker records the model, the data and the options; a rerun with the same
-inputs does nothing.
+``extract.done`` marker records the model, the data, the options and the test condition; a rerun
+with the same inputs does nothing.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..augment.conditions import TestCondition, corrupt_batch
 from ..data.audio import SAMPLE_RATE
 from ..data.inference import DEFAULT_MAX_SECONDS, inference_batches, run_each_on_failure
 from ..data.tables import atomic_write_text, byte_key
@@ -103,7 +110,8 @@ def tta_segments(wavs: torch.Tensor, lengths: torch.Tensor, segment: int, count:
     return torch.stack(rows), torch.tensor(row_lengths, dtype=torch.int64, device=wavs.device)
 
 
-def _fingerprint(model_dir: Path, data_dir: Path, options: ExtractOptions) -> Dict[str, str]:
+def _fingerprint(model_dir: Path, data_dir: Path, options: ExtractOptions, condition: Optional[TestCondition],
+                 condition_seed: int) -> Dict[str, str]:
     digest = hashlib.sha256()
     for path in (model_dir / SV_CONFIG_FILE, model_dir / SV_WEIGHTS_FILE, data_dir / "wav.scp",
                  data_dir / "utt2num_samples", data_dir / "segments"):
@@ -113,8 +121,11 @@ def _fingerprint(model_dir: Path, data_dir: Path, options: ExtractOptions) -> Di
     upstream = model_dir / "upstream" / "model.safetensors"
     if upstream.is_file():
         digest.update(f"{upstream}:{upstream.stat().st_size}:{upstream.stat().st_mtime_ns}".encode())
-    return {"model_dir": str(model_dir.resolve()), "data_dir": str(data_dir.resolve()),
-            "options": json.dumps(asdict(options), sort_keys=True), "inputs": digest.hexdigest()}
+    fingerprint = {"model_dir": str(model_dir.resolve()), "data_dir": str(data_dir.resolve()),
+                   "options": json.dumps(asdict(options), sort_keys=True), "inputs": digest.hexdigest()}
+    if condition is not None and not condition.is_clean:
+        fingerprint["condition"] = json.dumps({**condition.describe(), "seed": condition_seed}, sort_keys=True)
+    return fingerprint
 
 
 def is_done(out_dir: Path, fingerprint: Dict[str, str]) -> bool:
@@ -143,16 +154,18 @@ def _file_logger(path: Path) -> logging.Logger:
 def extract_embeddings(embedder: SpeakerEmbedder, model_dir: PathLike, data_dir: PathLike, out_dir: PathLike, *,
                        options: Optional[ExtractOptions] = None, device: Union[str, torch.device] = "cpu",
                        autocast_dtype: Optional[torch.dtype] = None, force: bool = False,
-                       progress: bool = True) -> ExtractResult:
+                       progress: bool = True, condition: Optional[TestCondition] = None,
+                       condition_seed: int = 0) -> ExtractResult:
     """Embed every utterance of ``data_dir`` with ``embedder`` into ``out_dir/xvector.{ark,scp}``.
 
     ``model_dir`` is where ``embedder`` was loaded from (it goes into the done marker).
     ``autocast_dtype``: run the model under autocast in that dtype (None = float32).
+    ``condition``: corrupt every utterance first (None or clean: as it is), seeded by ``condition_seed``.
     """
     options = options or ExtractOptions()
     options.validate()
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
-    fingerprint = _fingerprint(model_dir, data_dir, options)
+    fingerprint = _fingerprint(model_dir, data_dir, options, condition, condition_seed)
     if not force and is_done(out_dir, fingerprint):
         count = sum(1 for _ in (out_dir / SCP_NAME).open(encoding="utf-8"))
         return ExtractResult(out_dir / SCP_NAME, count, [], 0.0, 0.0, already_done=True)
@@ -175,6 +188,10 @@ def extract_embeddings(embedder: SpeakerEmbedder, model_dir: PathLike, data_dir:
     skipped: List[Tuple[str, str]] = list(dataset.skipped)
     segment = int(round(options.segment_seconds * SAMPLE_RATE))
     embedder = embedder.to(device).eval()
+    corrupted = condition is not None and not condition.is_clean
+    if corrupted:
+        condition.to(device)
+        log.info("test condition %s: %s (seed %d)", condition.name, condition.description, condition_seed)
     ark_final = (out_dir / ARK_NAME).resolve()
     ark_tmp = out_dir / f".{ARK_NAME}.tmp"
     scp_lines: Dict[str, str] = {}
@@ -185,6 +202,8 @@ def extract_embeddings(embedder: SpeakerEmbedder, model_dir: PathLike, data_dir:
 
     def embed(wavs: torch.Tensor, lengths: torch.Tensor, keys) -> List[np.ndarray]:
         wavs, lengths = wavs.to(device), lengths.to(device)
+        if corrupted:
+            wavs = corrupt_batch(condition, wavs, lengths, keys, condition_seed)
         full = embedder(wavs, lengths).float().cpu().numpy()
         if options.tta_segments:
             seg_wavs, seg_lengths = tta_segments(wavs, lengths, segment, options.tta_segments)

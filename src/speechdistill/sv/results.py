@@ -4,21 +4,25 @@ Each scored trial list is evaluated with :func:`speechdistill.metrics.evaluate_f
 numbers ``speechdistill.bin.compute_eer`` prints: EER and minDCF at every P_target with
 C_miss = C_fa = 1), its DET curve drawn to ``<det_dir>/<name>_det.png``, and everything collected
 in one Markdown file together with what the system is (from ``sv_model.yaml``) and, when the
-recipe recorded them, the run time of each stage.
+recipe recorded them, the run time of each stage. A list scored under test conditions (noise,
+reverberation, babble: :mod:`speechdistill.augment.conditions`) adds a table with one EER / minDCF
+column pair per condition (minDCF at the first P_target), one row per trial list.
 
 :func:`write_comparison` does the same for several *systems* scored on one trial list (``make
-demo-sv``): one row per system with its parameter counts, and every DET curve in one figure.
+demo-sv``): one row per system with its parameter counts and, per extra test condition, its EER /
+minDCF pair, and every clean DET curve in one figure.
 """
 from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from ..augment.conditions import condition_sort_key
 from ..data.tables import atomic_write_text
 from ..metrics.verification import VerificationResult, evaluate_files, plot_det, sv_results_table
 
@@ -27,21 +31,29 @@ PathLike = Union[str, Path]
 
 @dataclass
 class ScoredList:
-    """One trial list and its score file; ``name`` labels the table row and the DET file."""
+    """One trial list and its score file under one test condition; ``name`` names the trial list (the row
+    of the condition table); :attr:`label` labels the detailed table's row and the DET file."""
 
     name: str
     scores: Path
     trials: Path
+    condition: str = "clean"
+
+    @property
+    def label(self) -> str:
+        return self.name if self.condition == "clean" else f"{self.name}_{self.condition}"
 
 
 @dataclass
 class ScoredSystem:
-    """One system of a comparison: its name (table row, DET legend), score file, trials and model dir."""
+    """One system of a comparison: its name (table row, DET legend), clean score file, trials and model dir,
+    and the score files of the same trials under other test conditions (condition -> score file)."""
 
     name: str
     scores: Path
     trials: Path
     model_dir: Path
+    conditions: Dict[str, Path] = field(default_factory=dict)
 
 
 def _system_lines(model_dir: Path) -> List[str]:
@@ -74,34 +86,55 @@ def _stage_time_rows(path: Path) -> List[Tuple[str, str]]:
     return rows
 
 
+def condition_table(results: Dict[str, Dict[str, VerificationResult]], p_target: float, first_column: str) -> str:
+    """Markdown table: a row per name (``results`` order), an EER (%) / minDCF (``p_target``) column pair per
+    test condition (clean first, then :func:`condition_sort_key` order); ``-`` where a pair was not scored."""
+    conditions = sorted({c for by_condition in results.values() for c in by_condition}, key=condition_sort_key)
+    header = f"|{first_column}|" + "".join(f"{c} EER (%)|{c} minDCF (p={p_target:g})|" for c in conditions)
+    lines = [header, "|---" * (1 + 2 * len(conditions)) + "|"]
+    for name, by_condition in results.items():
+        cells = [name]
+        for condition in conditions:
+            result = by_condition.get(condition)
+            cells += [f"{100.0 * result.eer:.3f}", f"{result.min_dcf[p_target]:.3f}"] if result else ["-", "-"]
+        lines.append("|" + "|".join(cells) + "|")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(lists: Sequence[ScoredList], output: PathLike, *, title: str, det_dir: Optional[PathLike] = None,
                   model_dir: Optional[PathLike] = None, notes: Sequence[str] = (),
                   stage_times: Optional[PathLike] = None,
                   p_targets: Sequence[float] = (0.01, 0.05)) -> List[Tuple[str, VerificationResult]]:
-    """Evaluate every list, draw its DET curve, write ``output`` (atomically); returns the results."""
+    """Evaluate every list, draw its DET curve, write ``output`` (atomically); returns the results (labelled
+    ``<name>`` for clean lists, ``<name>_<condition>`` for the others)."""
     if not lists:
         raise ValueError("no trial list to report; give at least one --list NAME SCORES TRIALS")
-    names = [item.name for item in lists]
-    if len(set(names)) != len(names):
-        raise ValueError(f"trial list names must be unique (they name the DET files), got {names}")
+    labels = [item.label for item in lists]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"trial list names must be unique per condition (they name the DET files), got {labels}")
     output = Path(output)
     det_dir = Path(det_dir) if det_dir is not None else output.parent / "det"
     rows: List[Tuple[str, VerificationResult]] = []
     images: List[Tuple[str, Path]] = []
+    by_list: Dict[str, Dict[str, VerificationResult]] = {}
     for item in lists:
         result, curve, _ = evaluate_files(item.scores, item.trials, p_targets)
-        png = det_dir / f"{item.name}_det.png"
-        plot_det([(item.name, curve)], png, title=f"{item.name} ({item.trials})")
-        rows.append((item.name, result))
-        images.append((item.name, png))
+        png = det_dir / f"{item.label}_det.png"
+        plot_det([(item.label, curve)], png, title=f"{item.label} ({item.trials})")
+        rows.append((item.label, result))
+        images.append((item.label, png))
+        by_list.setdefault(item.name, {})[item.condition] = result
     lines = [f"# {title}", ""]
     if model_dir is not None:
         lines += _system_lines(Path(model_dir))
     lines += [f"- {note}" for note in notes]
-    lines += [f"- written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
-              "## EER and minDCF (C_miss = C_fa = 1)", "", sv_results_table(rows).rstrip("\n"), "",
+    lines += [f"- written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", ""]
+    if any(item.condition != "clean" for item in lists):
+        lines += ["## EER and minDCF per test condition (enrolment and test audio corrupted; C_miss = C_fa = 1)",
+                  "", condition_table(by_list, p_targets[0], "trials").rstrip("\n"), ""]
+    lines += ["## EER and minDCF (C_miss = C_fa = 1)", "", sv_results_table(rows).rstrip("\n"), "",
               "|trials|score file|trial list|", "|---|---|---|"]
-    lines += [f"|{item.name}|`{item.scores}`|`{item.trials}`|" for item in lists]
+    lines += [f"|{item.label}|`{item.scores}`|`{item.trials}`|" for item in lists]
     lines += ["", "## DET curves", ""]
     for name, png in images:
         lines.append(f"![{name}]({os.path.relpath(png, output.parent)})")
@@ -147,26 +180,42 @@ def write_comparison(systems: Sequence[ScoredSystem], output: PathLike, *, title
     if len(trial_lists) != 1:
         raise ValueError(f"systems are compared on one trial list, got {sorted(trial_lists)}")
     output = Path(output)
+    conditions = sorted({c for item in systems for c in item.conditions}, key=condition_sort_key)
+    if "clean" in conditions:
+        raise ValueError("a system's clean scores are its score file; list only the other test conditions")
     results: List[VerificationResult] = []
     curves = []
     table = ["|system|encoder|encoder params|back-end params|EER (%)|"
-             + "".join(f"minDCF (p={p:g})|" for p in p_targets), "|---" * (5 + len(p_targets)) + "|"]
+             + "".join(f"minDCF (p={p:g})|" for p in p_targets)
+             + "".join(f"{c} EER (%)|{c} minDCF (p={p_targets[0]:g})|" for c in conditions),
+             "|---" * (5 + len(p_targets) + 2 * len(conditions)) + "|"]
     for item in systems:
         encoder, upstream, backend = _encoder_cells(Path(item.model_dir))
         result, curve, _ = evaluate_files(item.scores, item.trials, p_targets)
         results.append(result)
         curves.append((item.name, curve))
-        table.append(f"|{item.name}|{encoder}|{upstream}|{backend}|{100.0 * result.eer:.3f}|"
-                     + "".join(f"{result.min_dcf[p]:.3f}|" for p in p_targets))
+        cells = [f"{100.0 * result.eer:.3f}"] + [f"{result.min_dcf[p]:.3f}" for p in p_targets]
+        for condition in conditions:
+            if condition in item.conditions:
+                noisy, _, _ = evaluate_files(item.conditions[condition], item.trials, p_targets[:1])
+                cells += [f"{100.0 * noisy.eer:.3f}", f"{noisy.min_dcf[p_targets[0]]:.3f}"]
+            else:
+                cells += ["-", "-"]
+        table.append(f"|{item.name}|{encoder}|{upstream}|{backend}|" + "|".join(cells) + "|")
     first = results[0]
     plot_det(curves, det_png, title=f"DET: {Path(systems[0].trials)}")
     lines = [f"# {title}", "", f"Trial list `{systems[0].trials}`: {first.num_targets} target and "
-             f"{first.num_nontargets} nontarget trials; C_miss = C_fa = 1.", ""]
+             f"{first.num_nontargets} nontarget trials; C_miss = C_fa = 1"
+             + (f"; clean, then per test condition ({', '.join(conditions)}: enrolment and test audio corrupted)"
+                if conditions else "") + ".", ""]
     lines += table
     lines += [""] + [f"- {note}" for note in notes]
     lines += [f"- written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
               "|system|score file|model|", "|---|---|---|"]
-    lines += [f"|{item.name}|`{item.scores}`|`{item.model_dir}`|" for item in systems]
+    for item in systems:
+        lines.append(f"|{item.name}|`{item.scores}`|`{item.model_dir}`|")
+        lines += [f"|{item.name} ({c})|`{item.conditions[c]}`|`{item.model_dir}`|" for c in conditions
+                  if c in item.conditions]
     lines += ["", "## DET curves", "", f"![DET curves]({os.path.relpath(det_png, output.parent)})"]
     atomic_write_text(output, "\n".join(lines) + "\n")
     return "\n".join(table) + "\n"

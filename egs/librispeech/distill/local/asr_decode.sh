@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Stage 5 for one ASR probe: decode every test set of stage 0 under every test condition (corrupted with the
-# noise and RIR dirs of stage 1, seeded: the same audio for every probe), then score into <asr_exp>/RESULTS.md.
+# noise, RIR and speech dirs of stage 1, seeded: the same audio for every probe), then score into <asr_exp>/RESULTS.md.
 #
 #   local/asr_decode.sh --asr_exp exp/asr_superb_distilhubert --test_conditions "clean snr10 reverb"
 set -euo pipefail
 
 asr_exp=
-test_conditions=clean   # any of: clean snr20 snr10 snr5 snr0 reverb
+test_conditions=clean   # any of: clean snr20 snr10 snr5 snr0 reverb babble babble<N>
 condition_seed=0
 decode_args=            # extra asr_decode options, e.g. "--beam-size 10" (they name the decode dir)
 ngpu=0
@@ -23,6 +23,8 @@ if [ ! -f "${asr_exp}/asr_model/model.safetensors" ]; then
 fi
 noise_dir=$(marker_get data/.stage1.done noise_dirs)
 noise_dir=${noise_dir%% *}  # the first listed: MUSAN noise
+babble_dir=$(marker_get data/.stage1.done noise_dirs)
+babble_dir=${babble_dir##* }  # the last listed: MUSAN speech
 rir_dir=$(marker_get data/.stage1.done rir_dir)
 if [ -z "${noise_dir}" ] && [[ " ${test_conditions} " == *" snr"* ]]; then
     log "no data/.stage1.done: the snr conditions add white Gaussian noise (run stage 1 for MUSAN noise)"
@@ -38,6 +40,7 @@ for eval_set in $(stage0 test_sets); do
         case "${condition}" in
             snr*) [ -n "${noise_dir}" ] && condition_opts=(--noise-data "${noise_dir}") ;;
             reverb) [ -n "${rir_dir}" ] && condition_opts=(--rir-data "${rir_dir}") ;;
+            babble*) [ -n "${babble_dir}" ] && condition_opts=(--babble-data "${babble_dir}") ;;
         esac
         # shellcheck disable=SC2086  # decode_args is split into words
         run_job ${decode_cmd} --gpu "$((ngpu > 0))" "${out}/log/asr_decode.log" \

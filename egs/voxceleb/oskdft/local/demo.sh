@@ -3,13 +3,15 @@
 # minutes on a CPU. Stages 0-2 once (mini corpora, mini noise/RIRs, a tiny HuBERT teacher pretrained from
 # scratch because no --teacher is given), then stages 3-5 for every demo system (conf/demo/<system>.yaml ->
 # exp/demo/<system>/, two trainings side by side), then exp/demo/RESULTS.md and exp/demo/det.png comparing
-# them on the mini test trials. Rerunnable: every stage keeps what is done (run.sh markers).
+# them on the mini test trials, clean and under --test_conditions (the enrolment and test audio corrupted, the
+# same audio for every system). Rerunnable: every stage keeps what is done (run.sh markers).
 #
 #   local/demo.sh                                        # what make demo-sv runs
 #   local/demo.sh --systems "oskdft random_student"      # a subset of conf/demo/*.yaml
 #   local/demo.sh --teacher ../../librispeech/distill/exp/teacher   # the teacher of `make demo` instead
 #   local/demo.sh --mini_size tiny --sv_args "--max_steps 3" --pretrain_args "--max_steps 4"   # CI-sized
 #   local/demo.sh --seeds 0                              # each student once (the default trains seeds 0 and 1)
+#   local/demo.sh --test_conditions "clean snr5 babble"  # more noisy conditions in the table
 #
 # The two students (systems whose config trains an OS-KDFT student) are trained once per seed of --seeds
 # (exp/demo/<system> for the first, exp/demo/<system>_seed<N> for the others), because one random
@@ -31,6 +33,7 @@ sv_args=            # extra sv_train options for every system, e.g. "--max_steps
 parallel=2          # trainings at once (each one CPU thread; on a GPU they share it)
 ngpu=auto           # as run.sh: auto = the visible CUDA GPUs, 0 = CPU
 seeds="0 1"         # sv_train seeds of the students (oskdft, random_student); the baselines use the first
+test_conditions="clean snr5"  # run.sh --test_conditions: clean first, then MUSAN noise of stage 1 at 5 dB SNR
 demo_dir=exp/demo
 progress_every=30   # seconds between progress lines while systems train
 
@@ -51,6 +54,9 @@ for seed in "${seed_list[@]}"; do
 done
 [ "$(printf '%s\n' "${seed_list[@]}" | sort -u | wc -l)" -eq "${#seed_list[@]}" ] \
     || { log "error: --seeds '${seeds}' repeats a seed (each seed is one run with its own exp dir)"; exit 1; }
+read -r -a condition_list <<< "${test_conditions}"
+[ "${condition_list[0]:-}" = clean ] || { log "error: --test_conditions '${test_conditions}' must start with clean" \
+    "(the table compares the systems on clean trials first), e.g. \"clean snr5\""; exit 1; }
 if [ "${ngpu}" = auto ]; then
     ngpu=$(python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
 fi
@@ -114,7 +120,8 @@ while [ $# -gt 0 ]; do
         batch+=("${name}")
         log "${name}: run.sh stages 3-5 with conf/demo/${system}.yaml, seed ${seed} -> ${demo_dir}/${name} (log: ${demo_dir}/log/${name}.log)"
         ./run.sh --stage 3 --stop_stage 5 --ngpu "${ngpu}" --sv_config "conf/demo/${system}.yaml" \
-            --sv_exp "${demo_dir}/${name}" --sv_args "--seed ${seed} ${sv_args}" > "${demo_dir}/log/${name}.log" 2>&1 &
+            --sv_exp "${demo_dir}/${name}" --sv_args "--seed ${seed} ${sv_args}" \
+            --test_conditions "${test_conditions}" > "${demo_dir}/log/${name}.log" 2>&1 &
         pids+=($!)
     done
     watched=()
@@ -128,7 +135,12 @@ while [ $# -gt 0 ]; do
             tail -n 20 "${demo_dir}/log/${batch[${index}]}.log" >&2
             exit 1
         fi
-        log "${batch[${index}]}: $(grep -o 'EER = .*' "${demo_dir}/${batch[${index}]}/scores/${test_set}.eer" | head -n 1)"
+        eers=()
+        for condition in "${condition_list[@]}"; do
+            score_name=${test_set}$([ "${condition}" = clean ] || echo "_${condition}")
+            eers+=("${condition} $(grep -o 'EER = .*' "${demo_dir}/${batch[${index}]}/scores/${score_name}.eer" | head -n 1)")
+        done
+        log "${batch[${index}]}: $(IFS=,; echo "${eers[*]}" | sed 's/,/, /g')"
     done
 done
 
@@ -140,6 +152,9 @@ for run in "${runs[@]}"; do
     read -r name system seed <<< "${run}"
     args+=(--system "${name}" "${demo_dir}/${name}/scores/${test_set}.score" "data/${test_set}/trials"
            "${demo_dir}/${name}/sv_model")
+    for condition in "${condition_list[@]:1}"; do
+        args+=(--system-condition "${name}" "${condition}" "${demo_dir}/${name}/scores/${test_set}_${condition}.score")
+    done
     train_seconds=$(awk '$1 == 3 {print $2}' "${demo_dir}/${name}/stage_times.txt" 2> /dev/null || true)
     times+=("${name} ${train_seconds:-?} s")
 done
@@ -161,6 +176,7 @@ python -m speechdistill.bin.sv_results --output "${demo_dir}/RESULTS.md" --det "
         && echo "a tiny HuBERT pretrained from scratch on data/train in stage 2" || echo "imported in stage 2"))" \
     --note "random_student: the oskdft student's architecture, trained the same way (same teacher, distillation term, speaker loss, schedule, augmentation) from a random initialisation; the EER gap is what the teacher's weights give" \
     --note "configs: conf/demo/<system>.yaml$([ -n "${sv_args}" ] && echo " with ${sv_args}"); <system>_seed<N>: the same with sv_train --seed N (the others: seed ${seed_list[0]}); embeddings: whole utterance; scoring: cosine" \
+    --note "$(grep -h '^- test conditions' "${demo_dir}/${runs[0]%% *}/RESULTS.md" | sed 's/^- //')" \
     ${means[0]:+--note "mean EER over seeds ${seeds}: $(IFS=,; echo "${means[*]}" | sed 's/,/, /g')"} \
     --note "stage 3 (training) time: $(IFS=,; echo "${times[*]}" | sed 's/,/, /g'); whole demo: ${elapsed} s" \
     > "${demo_dir}/table.md"
