@@ -113,3 +113,36 @@ def slurm_cluster(tmp_path_factory):
     assert started.returncode == 0, f"tools/slurm_local.sh start failed:\n{started.stdout}{started.stderr}"
     yield directory / "slurm.conf"
     subprocess.run([str(script), "stop", "--dir", str(directory)], capture_output=True, text=True, timeout=120)
+
+
+# ------------------------------------------------------------------ independent EER / minDCF references
+def sklearn_eer(scores, labels) -> float:
+    """EER (a fraction) where the ROC of scikit-learn (linear between its operating points) crosses FNR = FPR;
+    independent of speechdistill.metrics. ``scores`` [N] float, ``labels`` [N] bool (True: target)."""
+    import numpy as np
+    from scipy.optimize import brentq
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return brentq(lambda x: 1.0 - x - np.interp(x, fpr, tpr), 0.0, 1.0, xtol=1e-14)
+
+
+def sklearn_min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """Normalised minimum detection cost over scikit-learn's ROC operating points."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    cost = c_miss * (1 - tpr) * p_target + c_fa * fpr * (1 - p_target)
+    return cost.min() / min(c_miss * p_target, c_fa * (1 - p_target))
+
+
+def scored_trials(score_file: Path, trials_file: Path):
+    """(scores [N], labels [N] bool) of a Kaldi/WeSpeaker trial list (``enrol test target|nontarget``) from a
+    score file (``enrol test score [...]``, any order)."""
+    import numpy as np
+
+    trials = [line.split() for line in Path(trials_file).read_text().splitlines()]
+    scored = {tuple(f[:2]): float(f[2]) for f in map(str.split, Path(score_file).read_text().splitlines())}
+    return (np.array([scored[(enrol, test)] for enrol, test, _ in trials]),
+            np.array([label == "target" for _, _, label in trials]))
+

@@ -9,7 +9,6 @@ The recipe is copied into a temporary egs/ tree beside a link to the checkout's 
 data/, downloads/ and exp/ land in tmp_path.
 """
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import copy_recipes
-from test_eer import sklearn_eer, sklearn_min_dcf
+from conftest import single_process_env, sklearn_eer, sklearn_min_dcf
 from speechdistill.data.tables import read_table
 from speechdistill.metrics.verification import det_axis_range, det_curve, plot_det
 from speechdistill.models import load_model
@@ -45,7 +44,7 @@ def recipe(tmp_path_factory):
 
 
 def demo(recipe_dir, *args):
-    env = dict(os.environ, SPEECHDISTILL_ROOT=str(REPO))
+    env = single_process_env(SPEECHDISTILL_ROOT=str(REPO))
     return subprocess.run(["local/demo.sh", *args], cwd=recipe_dir, env=env, capture_output=True, text=True,
                           timeout=600)
 

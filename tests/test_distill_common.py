@@ -131,6 +131,17 @@ def frames_of(length: int, conv=TINY_CONV) -> int:
     return length
 
 
+def golden_row(config: DistillConfig) -> str:
+    """A preset's loss terms (name, kind, student:teacher layers, weight, reduction over layers) and schedule
+    (lr, updates, warmup steps / fraction, accumulation, batch and crop seconds, gradient clip) in one line."""
+    def layers(pairs) -> str:
+        return ",".join(f"{s}:{t}" for s, t in pairs)
+    terms = "; ".join(f"{t.name} {t.kind} {layers(t.layers)} x{t.weight:g} {t.layer_reduction}" for t in config.loss_terms)
+    return (f"{terms} | lr {config.lr:g}, {config.max_steps} updates, warmup {config.warmup_steps}/"
+            f"{config.warmup_fraction}, accum {config.accum_steps}, batch {config.batch_seconds:g} s, crop "
+            f"{config.max_seconds} s, clip {config.grad_clip:g}")
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     return save_tiny_teacher(tmp_path_factory.mktemp("tiny-teacher") / "teacher")
@@ -182,6 +193,35 @@ def test_published_hyperparameters_reach_the_config(teacher_dir):
         assert (star.student, star.max_steps, star.accum_steps, star.lr) == (student, 100 * 140621 // 12, 12, 1e-3)
         assert star.layer0_source == "feature_projection_before_dropout"
     assert preset_config("distilalhubert", teacher_dir).precision == "fp32"
+
+
+# Every preset's loss terms and schedule as the specs give them (shared/specs/methods/): a change to a preset that
+# changes what it trains shows here. Each row: golden_row() of the preset with the recipe's defaults.
+GOLDEN_PRESETS = {
+    'armhubert': 'hint mask_split_mse 1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11 x0.1 sum; rec mask_split_mse 12:12 x1 mean | lr 0.005, 390600 updates, warmup 0/0.05, accum 8, batch 630 s, crop None s, clip 0',
+    'armhubert_s': 'hint mask_split_mse 1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11 x0.1 sum; rec mask_split_mse 12:12 x1 mean | lr 0.005, 195300 updates, warmup 0/0.05, accum 8, batch 630 s, crop None s, clip 0',
+    'armhubert_s_100': 'hint mask_split_mse 1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11 x0.1 sum; rec mask_split_mse 12:12 x1 mean | lr 0.005, 158400 updates, warmup 0/0.05, accum 6, batch 210 s, crop None s, clip 0',
+    'armwavlm_s': 'hint mask_split_mse 1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11 x0.1 sum; rec mask_split_mse 12:12 x1 mean | lr 0.005, 195300 updates, warmup 0/0.05, accum 8, batch 630 s, crop None s, clip 0',
+    'armwavlm_s_100': 'hint mask_split_mse 1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11 x0.1 sum; rec mask_split_mse 12:12 x1 mean | lr 0.005, 158400 updates, warmup 0/0.05, accum 6, batch 210 s, crop None s, clip 0',
+    'distilalhubert': 'mse mse 2:2,4:4,6:6,8:8,10:10,12:12 x1 sum; cos neg_logsigmoid_cos 2:2,4:4,6:6,8:8,10:10,12:12 x1 sum | lr 0.0002, 200000 updates, warmup 0/0.07, accum 1, batch 125 s, crop 15.625 s, clip 5',
+    'distilhubert': 'l1 l1 head4:4,head8:8,head12:12 x1 mean; cos neg_logsigmoid_cos head4:4,head8:8,head12:12 x1 mean | lr 0.0002, 200000 updates, warmup 0/0.07, accum 1, batch 375 s, crop 15.625 s, clip 5',
+    'dphubert': 'l1 l1 0:0,4:4,8:8,12:12 x1 mean; cos neg_cos 0:0,4:4,8:8,12:12 x1 mean | lr 0.0002, 50000 updates, warmup 15000/None, accum 4, batch 160 s, crop 15.625 s, clip 10',
+    'maskhubert': 'hint mask_split_mse 1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11 x0.1 sum; rec mask_split_mse 12:12 x1 mean | lr 0.0005, 390600 updates, warmup 0/0.05, accum 8, batch 630 s, crop None s, clip 0',
+    'rd_dpwavlm': 'l1 l1 0:0,4:4,8:8,12:12 x1 mean; cos neg_cos 0:0,4:4,8:8,12:12 x1 mean | lr 0.0002, 50000 updates, warmup 15000/None, accum 4, batch 160 s, crop 15.625 s, clip 10',
+    'robustdistiller': 'l1 l1 head4:4,head8:8,head12:12 x1 mean; cos neg_logsigmoid_cos head4:4,head8:8,head12:12 x1 mean | lr 0.0002, 200000 updates, warmup 0/0.07, accum 1, batch 375 s, crop 15.625 s, clip 15',
+    'starhubert': 'gram_layer gram_layer 0:0,1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11,12:12 x1 mean; gram_intra gram_intra 0:0,1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11,12:12 x1 mean | lr 0.001, 237833 updates, warmup 0/0.05, accum 12, batch 70 s, crop None s, clip 0',
+    'starhubert_960': 'gram_layer gram_layer 0:0,1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11,12:12 x1 mean; gram_intra gram_intra 0:0,1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11,12:12 x1 mean | lr 0.001, 1171841 updates, warmup 0/0.05, accum 12, batch 70 s, crop None s, clip 0',
+    'starhubert_l': 'gram_layer gram_layer 0:0,1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11,12:12 x1 mean; gram_intra gram_intra 0:0,1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9,10:10,11:11,12:12 x1 mean | lr 0.001, 1171841 updates, warmup 0/0.05, accum 12, batch 70 s, crop None s, clip 0',
+    'dphubert_final': 'l1 l1 0:0,4:4,8:8,12:12 x1 mean; cos neg_cos 0:0,4:4,8:8,12:12 x1 mean | lr 0.0001, 25000 updates, warmup 5000/None, accum 4, batch 160 s, crop 15.625 s, clip 10',
+    'rd_dpwavlm_final': 'l1 l1 0:0,4:4,8:8,12:12 x1 mean; cos neg_cos 0:0,4:4,8:8,12:12 x1 mean | lr 0.0001, 25000 updates, warmup 5000/None, accum 4, batch 160 s, crop 15.625 s, clip 10',
+}
+
+
+@pytest.mark.parametrize("name", ALL_PRESETS)
+def test_golden_table_of_every_preset(name, teacher_dir):
+    extra = {"student_from": "exp/x/prune/student"} if name.endswith("_final") else {}
+    assert set(GOLDEN_PRESETS) == set(ALL_PRESETS)
+    assert golden_row(preset_config(name, teacher_dir, **extra)) == GOLDEN_PRESETS[name]
 
 
 def test_inconsistent_compositions_are_refused(teacher_dir):

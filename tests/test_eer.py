@@ -1,24 +1,12 @@
 """EER / minDCF against scikit-learn's ROC (independent), WeSpeaker's untied definition, and hand values."""
 import numpy as np
 import pytest
-from scipy.optimize import brentq
 from scipy.stats import norm
-from sklearn.metrics import roc_curve
+
+from conftest import sklearn_eer, sklearn_min_dcf
 
 from speechdistill.metrics.verification import (TrialsError, det_curve, equal_error_rate, evaluate, min_dcf, plot_det,
                                                 probit, sv_results_table)
-
-
-def sklearn_eer(scores, labels):
-    """EER where the ROC (linear between sklearn's operating points) crosses FNR = FPR."""
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    return brentq(lambda x: 1.0 - x - np.interp(x, fpr, tpr), 0.0, 1.0, xtol=1e-14)
-
-
-def sklearn_min_dcf(scores, labels, p_target, c_miss=1.0, c_fa=1.0):
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    cost = c_miss * (1 - tpr) * p_target + c_fa * fpr * (1 - p_target)
-    return cost.min() / min(c_miss * p_target, c_fa * (1 - p_target))
 
 
 def wespeaker_eer_without_ties(scores, labels):

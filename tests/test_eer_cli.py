@@ -4,8 +4,8 @@ import sys
 
 import numpy as np
 import pytest
-from scipy.optimize import brentq
-from sklearn.metrics import roc_curve
+
+from conftest import sklearn_eer, sklearn_min_dcf
 
 
 def run(*args):
@@ -34,9 +34,8 @@ def test_prints_wespeaker_lines_equal_to_sklearn(trial_files, tmp_path):
     trials, score_file, _, labels, scores = trial_files
     out = run("--scores", score_file, "--trials", trials, "--det-png", tmp_path / "det.png")
     assert out.returncode == 0, out.stderr
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    eer = brentq(lambda x: 1.0 - x - np.interp(x, fpr, tpr), 0.0, 1.0, xtol=1e-14)
-    dcf = {p: ((1 - tpr) * p + fpr * (1 - p)).min() / p for p in (0.01, 0.05)}
+    eer = sklearn_eer(scores, labels)
+    dcf = {p: sklearn_min_dcf(scores, labels, p) for p in (0.01, 0.05)}
     assert out.stdout.splitlines() == [
         "---- vox1_O.score -----",
         f"EER = {100 * eer:.3f}",

@@ -7,7 +7,6 @@ recomputed here from its score file with scikit-learn); reruns and refusals. The
 The recipe is copied into a temporary egs/ tree beside a link to the checkout's egs/TEMPLATE, so its
 data/, downloads/ and exp/ land in tmp_path. The teacher is a tiny random HuBERT saved by transformers.
 """
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -16,8 +15,7 @@ import kaldiio
 import numpy as np
 import pytest
 
-from conftest import copy_recipes
-from test_eer import sklearn_eer, sklearn_min_dcf
+from conftest import copy_recipes, scored_trials, single_process_env, sklearn_eer, sklearn_min_dcf
 from test_sv_fixtures import save_tiny_hf_teacher
 
 from speechdistill.data.tables import read_table
@@ -38,7 +36,7 @@ def recipe(tmp_path_factory):
 
 
 def run(recipe_dir, repo_root, *args, check=True):
-    env = dict(os.environ, SPEECHDISTILL_ROOT=str(repo_root))
+    env = single_process_env(SPEECHDISTILL_ROOT=str(repo_root))
     done = subprocess.run(["./run.sh", *args], cwd=recipe_dir, env=env, capture_output=True, text=True, timeout=900)
     if check:
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -98,7 +96,10 @@ def test_stages_0_to_2_with_a_teacher_then_fbank(recipe):
     assert set(rows) == {f"{name}{'' if c == 'clean' else '_' + c}" for name in ("test", "test_asnorm")
                          for c in conditions}
     eer, dcf01, dcf05 = rows["test"]
-    assert 0.0 <= eer <= 100.0 and 0.0 <= dcf01 and 0.0 <= dcf05
+    clean_scores, clean_labels = scored_trials(exp_fbank / "scores/test.score", recipe_dir / "data/test/trials")
+    assert eer == pytest.approx(100 * sklearn_eer(clean_scores, clean_labels), abs=5.1e-4)
+    assert (dcf01, dcf05) == pytest.approx([sklearn_min_dcf(clean_scores, clean_labels, p) for p in (0.01, 0.05)],
+                                           abs=5.1e-4)
     assert f"EER = {eer:.3f}" in (exp_fbank / "scores/test.eer").read_text() and f"EER = {eer:.3f}" in output
     assert (exp_fbank / "scores/test_det.png").read_bytes()[:4] == b"\x89PNG"
     assert [line.split()[0] for line in (exp_fbank / "stage_times.txt").read_text().splitlines()] == ["3", "4", "5"]
@@ -117,11 +118,7 @@ def test_stages_0_to_2_with_a_teacher_then_fbank(recipe):
         assert by_condition["test"][condition] == rows[f"test_{condition}"][:2]
     assert "babble of 3-7 talkers from data/musan_speech" in text and "seed 4" in text
     # snr5 recomputed from its score file with scikit-learn's ROC, independently of speechdistill.metrics
-    trials = [line.split() for line in (recipe_dir / "data/test/trials").read_text().splitlines()]
-    scored = {tuple(f[:2]): float(f[2]) for f in map(str.split, (exp_fbank / "scores/test_snr5.score").read_text()
-                                                          .splitlines())}
-    scores = np.array([scored[(enroll, test)] for enroll, test, _ in trials])
-    labels = np.array([label == "target" for _, _, label in trials])
+    scores, labels = scored_trials(exp_fbank / "scores/test_snr5.score", recipe_dir / "data/test/trials")
     snr5_eer, snr5_dcf = by_condition["test"]["snr5"]
     assert snr5_eer == pytest.approx(100 * sklearn_eer(scores, labels), abs=5.1e-4)
     assert snr5_dcf == pytest.approx(sklearn_min_dcf(scores, labels, 0.01), abs=5.1e-4)

@@ -6,23 +6,15 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from sklearn.metrics import roc_curve
 
+from conftest import sklearn_eer
 from test_sv_fixtures import REPO
 
 from speechdistill.sv.results import ScoredList, write_results
 
 
-def sklearn_eer(labels, scores):
-    """EER where the ROC (FPR, FNR) crosses FNR = FPR, by linear interpolation between ROC points."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    fnr = 1 - tpr
-    after = int(np.flatnonzero(fnr - fpr <= 0)[0])
-    before = after - 1
-    # the segment from (fpr[before], fnr[before]) to (fpr[after], fnr[after]) meets fnr = fpr at t
-    d0, d1 = fnr[before] - fpr[before], fnr[after] - fpr[after]
-    t = d0 / (d0 - d1)
-    return fpr[before] + t * (fpr[after] - fpr[before])
+def _eer(labels, scores):
+    return sklearn_eer(np.asarray(scores), np.asarray(labels, dtype=bool))
 
 
 def brute_min_dcf(labels, scores, p_target):
@@ -59,7 +51,7 @@ def test_numbers_match_an_independent_computation(tmp_path):
                                  ("separable", labels_c, scores_c)):
         item, rounded = write_lists(tmp_path, name, labels, scores)
         lists.append(item)
-        expected[name] = (sklearn_eer(labels, rounded), brute_min_dcf(labels, rounded, 0.01),
+        expected[name] = (_eer(labels, rounded), brute_min_dcf(labels, rounded, 0.01),
                           brute_min_dcf(labels, rounded, 0.05))
     (tmp_path / "times.txt").write_text("3 41.5 training\n4 3.2 embeddings\n")
     rows = dict(write_results(lists, tmp_path / "RESULTS.md", title="unit", stage_times=tmp_path / "times.txt"))
@@ -106,7 +98,7 @@ def test_systems_are_compared_on_one_trial_list(tmp_path):
         info = {"student": "oskdft", "student_init": init, "upstream_params": 1234567, "backend_params": 890}
         (model_dir / "sv_model.yaml").write_text(yaml.safe_dump({"system": "oskdft", "info": info}))
         systems += ["--system", name, str(item.scores), str(tmp_path / "good.trials"), str(model_dir)]
-        expected[name] = sklearn_eer(labels, rounded)
+        expected[name] = _eer(labels, rounded)
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "speechdistill.bin.sv_results", "--output", str(tmp_path / "cmp/RESULTS.md"),
                *systems, "--note", "demo"]
@@ -141,7 +133,7 @@ def test_conditions_get_one_eer_mindcf_pair_each(tmp_path):
         trials = str(tmp_path / "test_clean.trials")
         args += (["--list", "test", str(item.scores), trials] if condition == "clean"
                  else ["--condition-list", "test", condition, str(item.scores), trials])
-        expected[condition] = (100 * sklearn_eer(labels, rounded), brute_min_dcf(labels, rounded, 0.01))
+        expected[condition] = (100 * _eer(labels, rounded), brute_min_dcf(labels, rounded, 0.01))
     command = [sys.executable, "-m", "speechdistill.bin.sv_results", "--output", str(tmp_path / "R.md"), *args]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr

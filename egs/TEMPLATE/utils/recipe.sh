@@ -10,6 +10,9 @@
 #                                  exactly SETTINGS: a stage with the same settings has nothing to do
 #   with_progress FILE CMD...      run_job CMD; with progress=true, also print the lines CMD writes to FILE
 #                                  (a trainer's train.log) while it runs, prefixed with ${progress_label}
+#   record_time FILE STAGE START WHAT
+#                                  keep "STAGE SECONDS WHAT" in FILE (one line per stage; START: seconds since the
+#                                  epoch), the run times a RESULTS.md reports
 #   pool NJ CMD...; pool_wait      run CMD in the background, at most NJ at a time (NJ <= 1: now, in order);
 #                                  pool_wait waits for all through stop signals and returns the first failure
 # shellcheck shell=bash
@@ -42,6 +45,12 @@ with_progress() {
     return "${rc}"
 }
 
+record_time() {
+    mkdir -p "$(dirname "$1")"
+    { grep -v "^$2 " "$1" 2> /dev/null || true; echo "$2 $(($(date +%s) - $3)) $4"; } | sort -n > "$1.tmp"
+    mv "$1.tmp" "$1"
+}
+
 _pool_pids=()
 pool() {
     local nj=$1
@@ -54,6 +63,12 @@ pool() {
 pool_wait() {
     local rc=0
     [ "${#_pool_pids[@]}" = 0 ] || wait_jobs "${_pool_pids[@]}" || rc=$?
-    _pool_pids=()
+    record_time() {
+    mkdir -p "$(dirname "$1")"
+    { grep -v "^$2 " "$1" 2> /dev/null || true; echo "$2 $(($(date +%s) - $3)) $4"; } | sort -n > "$1.tmp"
+    mv "$1.tmp" "$1"
+}
+
+_pool_pids=()
     return "${rc}"
 }

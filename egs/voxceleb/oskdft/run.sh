@@ -56,11 +56,8 @@ redo=false                        # true: redo stages 2-4 even where their marke
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
-. utils/stop_signals.sh  # run_job: SIGTERM/SIGINT reach the jobs (a checkpointing trainer: exit 99)
-# training jobs: CPUs and memory per process on a cluster (utils/launch_training.sh)
-train_resources=(--cpus_per_gpu "${cpus_per_gpu}" --mem_per_gpu "${mem_per_gpu}")
-
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
+. utils/recipe.sh  # log, stage0, markers, record_time; run_job passes stop signals to the jobs
+job_opts=(--cpus_per_gpu "${cpus_per_gpu}" --mem_per_gpu "${mem_per_gpu}" --redo "${redo}")  # training jobs'
 
 if [ "${ngpu}" = auto ]; then
     if [ "${stop_stage}" -ge 2 ] && [ "${stage}" -le 4 ]; then
@@ -85,15 +82,12 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     local/noise_data.sh --nj "${nj}" --mini_dir "${mini_dir}" --mini_size "${mini_size}" --seed "${seed}"
 fi
 
-# resolve_sv: the speaker-verification config and experiment dir of stages 2-5 (after stage 0 ran)
+# resolve_sv: the speaker-verification config, experiment dir and system of stages 2-5 (after stage 0 ran)
 resolve_sv() {
     [ -z "${sv_system:-}" ] || return 0  # resolved by an earlier stage of this run
     if [ -z "${sv_config}" ]; then
-        if [ -f data/.stage0.done ] && [ "$(. data/.stage0.done && echo "${corpus}")" = mini ]; then
-            sv_config=conf/oskdft_paper_mini.yaml
-        else
-            sv_config=conf/oskdft_paper.yaml
-        fi
+        sv_config=conf/oskdft_paper.yaml
+        [ "$(marker_get data/.stage0.done corpus)" != mini ] || sv_config=conf/oskdft_paper_mini.yaml
         log "using --sv_config ${sv_config}"
     fi
     [ -f "${sv_config}" ] || { log "error: --sv_config ${sv_config} does not exist; see conf/*.yaml"; exit 1; }
@@ -102,246 +96,37 @@ resolve_sv() {
     sv_system=$(python -m speechdistill.bin.sv_train --config "${sv_config}" ${sv_args} --print-key system)
 }
 
-# record_time <stage> <start, seconds since the epoch> <what>: keep the stage's run time for RESULTS.md
-record_time() {
-    local file=${sv_exp}/stage_times.txt
-    mkdir -p "${sv_exp}"
-    { grep -v "^$1 " "${file}" 2> /dev/null || true; echo "$1 $(($(date +%s) - $2)) $3"; } | sort -n > "${file}.tmp"
-    mv "${file}.tmp" "${file}"
-}
-
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     resolve_sv
     log "stage 2: teacher -> ${teacher_dir} (marker: ${teacher_dir}/.stage2.done)"
-    if [ -z "${teacher}" ]; then
-        corpus=$([ -f data/.stage0.done ] && (. data/.stage0.done && echo "${corpus}") || echo unknown)
-        if [ "${pretrain_teacher}" = auto ]; then
-            pretrain_teacher=$([ "${corpus}" = mini ] && echo true || echo false)
-        fi
-        if [ -f "${teacher_dir}/.stage2.done" ] && [ "${redo}" = false ] \
-            && ! grep -q '^pretrained=' "${teacher_dir}/.stage2.done"; then
-            log "no --teacher given; keeping the teacher imported earlier: $(grep '^teacher=' "${teacher_dir}/.stage2.done")"
-        elif [ "${sv_system}" = fbank ]; then
-            log "no --teacher given; ${sv_config} trains the fbank baseline, which needs none"
-        elif [ "${pretrain_teacher}" = true ]; then
-            # the default teacher: HuBERT's first iteration trained from scratch on data/train, exported as a
-            # Hugging Face dir and imported like any real teacher
-            [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
-            [ -f "${pretrain_config}" ] || { log "error: --pretrain_config ${pretrain_config} does not exist"; exit 1; }
-            train_set=$(. data/.stage0.done && echo "${train_set}")
-            pretrained="pretrained=${pretrain_config} $(md5sum < "${pretrain_config}" | cut -d' ' -f1) args=${pretrain_args} data=data/${train_set}"
-            if [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ] \
-                && grep -qxF "${pretrained}" "${teacher_dir}/.stage2.done"; then
-                log "no --teacher given; keeping the teacher pretrained earlier (${pretrained})"
-            elif [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ]; then
-                log "error: ${teacher_dir} holds a teacher pretrained with other settings" \
-                    "($(grep '^pretrained=' "${teacher_dir}/.stage2.done")); pass --redo true to pretrain again," \
-                    "or --teacher_dir and --pretrain_dir for another one"
-                exit 1
-            else
-                [ "${redo}" = true ] && rm -rf "${pretrain_dir}"
-                log "no --teacher given: pretraining a tiny HuBERT on data/${train_set} with ${pretrain_config}" \
-                    "-> ${pretrain_dir}/hf (console: exp/log/pretrain_hubert.log; a rerun resumes)"
-                mkdir -p exp/log
-                started=$(date +%s)
-                # shellcheck disable=SC2086  # pretrain_args is split into words
-                run_job utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" \
-                    "${train_resources[@]}" exp/log/pretrain_hubert.log python -m speechdistill.bin.pretrain_hubert --config "${pretrain_config}" \
-                    --train-data "data/${train_set}" --output-dir "${pretrain_dir}" \
-                    --device "$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)" ${pretrain_args}
-                grep -o 'update [0-9]*/[0-9]* epoch.*acc_unmasked [^ ]*' "${pretrain_dir}/train.log" 2> /dev/null \
-                    | tail -n 1 | sed 's/^/    last /' || true
-                teacher_src=$(cd "${pretrain_dir}" && pwd -P)/hf
-                run_job ${train_cmd} exp/log/import_teacher.log \
-                    python -m speechdistill.bin.import_teacher --src "${teacher_src}" --out "${teacher_dir}" --force
-                printf 'teacher=%s\n%s\n' "${teacher_src}" "${pretrained}" > "${teacher_dir}/.stage2.done"
-                log "stage 2 done: tiny HuBERT teacher pretrained in $(($(date +%s) - started)) s, imported to ${teacher_dir}"
-            fi
-        else
-            log "error: stage 2 needs a teacher for ${sv_config} (system ${sv_system}): pass --teacher PATH, a" \
-                "Hugging Face model dir (e.g. a clone of facebook/hubert-base-ls960 or microsoft/wavlm-base-plus)," \
-                "a fairseq .pt, an s3prl checkpoint or a speechdistill model dir (or --pretrain_teacher true to" \
-                "pretrain a tiny HuBERT on data/train, as is done by default on the mini corpus)"
-            exit 1
-        fi
-    else
-        teacher_src=$(cd "$(dirname "${teacher}")" && pwd -P)/$(basename "${teacher}")
-        if [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ] \
-            && grep -qxF "teacher=${teacher_src}" "${teacher_dir}/.stage2.done" \
-            && ! grep -q '^pretrained=' "${teacher_dir}/.stage2.done"; then
-            log "${teacher_dir} already holds ${teacher_src}; kept"
-        else
-            # import_teacher checks the checkpoint (format, architecture, every weight's name and shape)
-            run_job ${train_cmd} exp/log/import_teacher.log \
-                python -m speechdistill.bin.import_teacher --src "${teacher_src}" --out "${teacher_dir}" --force
-            grep -E '"(format|architecture|shape|params)"' exp/log/import_teacher.log | sed 's/^ */    /' || true
-            echo "teacher=${teacher_src}" > "${teacher_dir}/.stage2.done"
-        fi
-    fi
+    run_job local/teacher.sh --teacher "${teacher}" --teacher_dir "${teacher_dir}" --pretrain_teacher "${pretrain_teacher}" \
+        --pretrain_config "${pretrain_config}" --pretrain_args "${pretrain_args}" --pretrain_dir "${pretrain_dir}" \
+        --sv_system "${sv_system}" --sv_config "${sv_config}" --ngpu "${ngpu}" "${job_opts[@]}"
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     resolve_sv
     log "stage 3: ${sv_system} training with ${sv_config} -> ${sv_exp}/sv_model (marker: ${sv_exp}/.stage3.done)"
-    [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
-    train_set=$(. data/.stage0.done && echo "${train_set}")
-    teacher_opts=()
-    teacher_used=none
-    if [ "${sv_system}" != fbank ]; then
-        [ -f "${teacher_dir}/.stage2.done" ] || { log "error: ${sv_config} needs a teacher and ${teacher_dir} has none;" \
-            "run stage 2 (with --teacher PATH, or on the mini corpus without it)"; exit 1; }
-        teacher_opts=(--teacher "${teacher_dir}")
-        teacher_used=$(grep -E '^(teacher|pretrained)=' "${teacher_dir}/.stage2.done" | paste -sd ' ')
-    fi
-    settings="config=${sv_config} $(md5sum < "${sv_config}" | cut -d' ' -f1) args=${sv_args} ${teacher_used} data=data/${train_set}"
-    if [ "${redo}" = false ] && [ -f "${sv_exp}/.stage3.done" ] && [ -f "${sv_exp}/sv_model/sv_model.yaml" ] \
-        && [ "$(cat "${sv_exp}/.stage3.done")" = "${settings}" ]; then
-        log "${sv_exp}/sv_model already trained with these settings; kept (--redo true to train again)"
-    elif [ "${redo}" = false ] && [ -f "${sv_exp}/.stage3.done" ]; then
-        log "error: ${sv_exp} holds a run with other settings ($(cat "${sv_exp}/.stage3.done")); pass --redo true to" \
-            "train again from scratch, or --sv_exp DIR for a new experiment"
-        exit 1
-    else
-        [ "${redo}" = true ] && rm -rf "${sv_exp}"
-        started=$(date +%s)
-        device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
-        train=(-m speechdistill.bin.sv_train --config "${sv_config}" --train-data "data/${train_set}"
-               "${teacher_opts[@]}" --output-dir "${sv_exp}" --device "${device}")
-        log "  console: ${sv_exp}/log/sv_train.log; a rerun resumes from ${sv_exp}/checkpoints"
-        if [ "${num_nodes}" -gt 1 ] && [[ "${cuda_cmd}" != *slurm.pl* ]]; then
-            log "error: --num_nodes ${num_nodes} needs Slurm (cmd_backend=slurm)"
-            exit 1
-        fi
-        # one process, torchrun with one rank per GPU, or srun with one rank per GPU on every node
-        # shellcheck disable=SC2086  # sv_args is split into words
-        run_job utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${ngpu}" --num_nodes "${num_nodes}" \
-            "${train_resources[@]}" "${sv_exp}/log/sv_train.log" python "${train[@]}" ${sv_args}
-        echo "${settings}" > "${sv_exp}/.stage3.done"
-        record_time 3 "${started}" "training"
-        log "stage 3 done: ${sv_exp}/sv_model ($(grep -o 'exported the speaker model.*' "${sv_exp}/train.log" | tail -n 1))"
-    fi
+    run_job local/sv_train.sh --sv_config "${sv_config}" --sv_exp "${sv_exp}" --sv_args "${sv_args}" \
+        --sv_system "${sv_system}" --teacher_dir "${teacher_dir}" --ngpu "${ngpu}" --num_nodes "${num_nodes}" "${job_opts[@]}"
 fi
-
-# condition_opts CONDITION: the sv_extract options of a test condition: its seed and the noise, RIR or speech dir of
-# stage 1 it draws from (printed as words)
-condition_opts() {
-    [ "$1" = clean ] && return 0
-    local noise_dirs= rir_dir= dir=
-    if [ -f data/.stage1.done ]; then
-        . data/.stage1.done
-    fi
-    case "$1" in
-        snr*) dir=${noise_dirs%% *}; [ -n "${dir}" ] && echo --noise-data "${dir}" ;;  # MUSAN noise (white without)
-        reverb) [ -n "${rir_dir}" ] && echo --rir-data "${rir_dir}" ;;
-        babble*) dir=${noise_dirs##* }; [ -n "${dir}" ] && echo --babble-data "${dir}" ;;  # MUSAN speech
-    esac
-    echo --condition "$1" --seed "${condition_seed}"
-}
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     resolve_sv
     log "stage 4: embeddings -> ${sv_exp}/embeddings/<set>[_<condition>]/xvector.{ark,scp} (conditions: ${test_conditions})"
-    if [[ " ${test_conditions} " =~ \ (snr|reverb|babble) ]] && [ ! -f data/.stage1.done ]; then
-        log "  no data/.stage1.done: snr conditions add white Gaussian noise; reverb and babble need stage 1" \
-            "(run it for MUSAN and RIRs)"
-    fi
-    [ -f "${sv_exp}/sv_model/sv_model.yaml" ] || { log "error: no ${sv_exp}/sv_model; run stage 3 first"; exit 1; }
-    train_set=$(. data/.stage0.done && echo "${train_set}")
-    test_sets=$(. data/.stage0.done && echo "${test_sets}")
-    sets=${test_sets}
-    if [ "${subtract_mean}" = true ] || [ "${score_norm}" != none ]; then
-        sets="${train_set} ${sets}"  # the training set gives the mean embedding and the score-norm cohort
-    fi
-    started=$(date +%s)
-    computed=false
-    gpu=$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)
-    device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
-    for set in ${sets}; do
-        tta=$([ "${set}" = "${train_set}" ] && echo 0 || echo "${tta_segments}")
-        conditions=$([ "${set}" = "${train_set}" ] && echo clean || echo "${test_conditions}")  # mean, cohort: clean
-        for condition in ${conditions}; do
-            name=${set}$([ "${condition}" = clean ] || echo "_${condition}")
-            # shellcheck disable=SC2086  # extract_args is split into words
-            run_job ${cuda_cmd} --gpu "${gpu}" "${sv_exp}/log/extract_${name}.log" \
-                python -m speechdistill.bin.sv_extract --model-dir "${sv_exp}/sv_model" --data "data/${set}" \
-                --output-dir "${sv_exp}/embeddings/${name}" --tta-segments "${tta}" --segment-seconds "${segment_seconds}" \
-                --device "${device}" $(condition_opts "${condition}") $([ "${redo}" = true ] && echo --force) ${extract_args}
-            grep '^sv_extract:' "${sv_exp}/log/extract_${name}.log" | sed 's/^/    /' || true
-            grep -q 'is up to date' "${sv_exp}/log/extract_${name}.log" || computed=true
-        done
-    done
-    if [ "${computed}" = true ]; then
-        record_time 4 "${started}" "embeddings"
-    fi
+    run_job local/extract.sh --sv_exp "${sv_exp}" --test_conditions "${test_conditions}" \
+        --condition_seed "${condition_seed}" --tta_segments "${tta_segments}" --segment_seconds "${segment_seconds}" \
+        --extract_args "${extract_args}" --ngpu "${ngpu}" --redo "${redo}" \
+        --with_train "$([ "${subtract_mean}" = true ] || [ "${score_norm}" != none ] && echo true || echo false)"
 fi
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     resolve_sv
     log "stage 5: scoring -> ${sv_exp}/scores, ${sv_exp}/RESULTS.md"
-    train_set=$(. data/.stage0.done && echo "${train_set}")
-    test_sets=$(. data/.stage0.done && echo "${test_sets}")
-    started=$(date +%s)
-    mkdir -p "${sv_exp}/scores"
-    train_embeddings=${sv_exp}/embeddings/${train_set}/xvector.scp
-    mean_opts=()
-    if [ "${subtract_mean}" = true ]; then
-        mean_opts=(--train-embeddings "${train_embeddings}" --subtract-mean)
-    fi
-    lists=()
-    for set in ${test_sets}; do
-        trials=data/${set}/trials
-        for condition in ${test_conditions}; do
-            suffix=$([ "${condition}" = clean ] || echo "_${condition}")
-            name=${set}${suffix}
-            norm_name=${set}_${score_norm}${suffix}
-            list_opt=(--list "${set}")
-            [ "${condition}" = clean ] || list_opt=(--condition-list "${set}" "${condition}")
-            score=${sv_exp}/scores/${name}.score
-            norm_opts=()
-            if [ "${score_norm}" != none ]; then
-                norm_opts=(--train-embeddings "${train_embeddings}" --train-utt2spk "data/${train_set}/utt2spk"
-                           --score-norm "${score_norm}" --top-n "${top_n}"
-                           --norm-output "${sv_exp}/scores/${norm_name}.score")
-            fi
-            python -m speechdistill.bin.score_trials --trials "${trials}" \
-                --embeddings "${sv_exp}/embeddings/${name}/xvector.scp" --output "${score}" "${mean_opts[@]}" \
-                "${norm_opts[@]}" 2> "${sv_exp}/log/score_${name}.log" || { cat "${sv_exp}/log/score_${name}.log" >&2; exit 1; }
-            python -m speechdistill.bin.compute_eer --scores "${score}" --trials "${trials}" | tee "${sv_exp}/scores/${name}.eer"
-            lists+=("${list_opt[@]}" "${score}" "${trials}")
-            if [ "${score_norm}" != none ]; then
-                python -m speechdistill.bin.compute_eer --scores "${sv_exp}/scores/${norm_name}.score" \
-                    --trials "${trials}" | tee "${sv_exp}/scores/${norm_name}.eer"
-                list_opt[1]=${set}_${score_norm}
-                lists+=("${list_opt[@]}" "${sv_exp}/scores/${norm_name}.score" "${trials}")
-            fi
-        done
-    done
-    record_time 5 "${started}" "scoring"
-    embedding_note="embeddings: full utterance"
-    if [ "${tta_segments}" -gt 0 ]; then
-        embedding_note+=", TTA ${tta_segments} x ${segment_seconds} s segments"
-    fi
-    scoring_note="scoring: cosine"
-    if [ "${subtract_mean}" = true ]; then
-        scoring_note+=", training mean subtracted"
-    fi
-    if [ "${score_norm}" != none ]; then
-        scoring_note+="; rows *_${score_norm}: ${score_norm} (top ${top_n}) against data/${train_set}"
-    fi
-    condition_note="test conditions: clean"
-    if [ "${test_conditions}" != clean ]; then
-        condition_note="test conditions (the enrolment and test audio of every trial corrupted, seed ${condition_seed}, the same for every system):"
-        for condition in ${test_conditions}; do
-            [ "${condition}" = clean ] && continue
-            set=${test_sets%% *}
-            condition_note+=" ${condition}: $(sed -n 's/.*test condition [^:]*: \(.*\) (seed [0-9]*)$/\1/p' \
-                "${sv_exp}/embeddings/${set}_${condition}/extract.log" | tail -n 1);"
-        done
-    fi
-    python -m speechdistill.bin.sv_results --output "${sv_exp}/RESULTS.md" --det-dir "${sv_exp}/scores" \
-        --model-dir "${sv_exp}/sv_model" --stage-times "${sv_exp}/stage_times.txt" "${lists[@]}" \
-        --note "config: ${sv_config}${sv_args:+ with ${sv_args}}" --note "${embedding_note}" --note "${scoring_note}" \
-        --note "${condition_note%;}"
+    run_job local/score.sh --sv_exp "${sv_exp}" --sv_config "${sv_config}" --sv_args "${sv_args}" \
+        --subtract_mean "${subtract_mean}" --score_norm "${score_norm}" --top_n "${top_n}" \
+        --test_conditions "${test_conditions}" --condition_seed "${condition_seed}" \
+        --tta_segments "${tta_segments}" --segment_seconds "${segment_seconds}"
     log "stage 5 done: ${sv_exp}/RESULTS.md"
 fi
 
