@@ -8,7 +8,8 @@ s3prl-style eager DistilHuBERT step (:mod:`.eager_baseline`); the data pipeline 
 """
 from .accuracy import BF16_MAX_RELATIVE_ERROR, BF16_MIN_FRAME_COSINE, DriftReport, hidden_state_drift
 from .report import format_report
-from .run import BenchmarkError, BenchmarkOptions, Sizes, evaluate_targets, run_benchmark
+from .plan import BenchmarkError, BenchmarkOptions, Sizes
+from .run import evaluate_targets, run_benchmark
 
 __all__ = ["BF16_MAX_RELATIVE_ERROR", "BF16_MIN_FRAME_COSINE", "BenchmarkError", "BenchmarkOptions", "DriftReport",
            "Sizes", "evaluate_targets", "format_report", "hidden_state_drift", "run_benchmark"]

@@ -1,4 +1,4 @@
-"""The ``conv_features`` op on CPUs: the CNN of :class:`speechdistill.models.components.ConvFeatureExtractor`
+"""The ``conv_features`` op on CPUs: the CNN of :class:`speechdistill.models.feature_extractor.ConvFeatureExtractor`
 computed time-major, ``[batch, frame, channel]`` from the first layer on, valid frames only.
 
 A strided convolution over time-major frames is a few large matrix products over windows of the input

@@ -1,15 +1,9 @@
 """queue.pl and slurm.pl: submit jobs to Grid Engine or Slurm and wait for them (conventions §2.4).
 
-For ``<log>`` = ``exp/x/log/train.JOB.log`` the launcher writes, beside the logs, a queue dir
-``exp/x/q/`` (``.../log/q`` collapses to ``.../q``) holding the scheduler's own output
-``train.log``, the job script ``train.sh`` and the done-files the jobs touch when they end.
-The job script ``cd``s to the submit directory, writes the log header (host, start time,
-Slurm variables, the rendered ``sbatch``/``qsub`` line, the command), sources ``./path.sh``
-(a failure there is written to the log and the command is not run), runs the command with
-output appended to the log while passing SIGTERM/SIGUSR1 on to it (:func:`job_script`), writes
-``# Accounting: ...`` and ``# Finished at ... with status N``, and touches its done-file. Status
-137 (a SIGKILL, usually out of memory) makes the script exit 100: Grid Engine then holds the job
-in its error state, from which it can be re-run.
+Each task runs the job script of :mod:`.job_script` (log header, ``./path.sh``, the command with the
+scheduler's stop signals passed on, ``# Finished at ... with status N``, a done-file); the submit
+arguments come from the option-mapping config (:mod:`.cluster_config`), what differs between Slurm
+and Grid Engine is in :mod:`.schedulers`.
 
 slurm.pl first asks ``sbatch --test-only`` whether the cluster could ever run the job. The
 launcher polls for the done-files with exponential back-off, asks ``squeue``/``qstat`` now and
@@ -21,485 +15,26 @@ job Slurm put back in its queue itself), and on SIGINT/SIGTERM/SIGUSR1 cancels i
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
 from . import REQUEUE_EXIT_CODE
+from .cluster_config import scheduler_arguments
+from .job_script import done_run, job_script, queue_paths, read_status, write_executable
 from .jobs import (Interrupted, LaunchError, LaunchRequest, SignalTrap, date_string, env_seconds, report_failures,
                    tail, warn)
+from .schedulers import SCHEDULERS, Scheduler, load_config
 
-LAUNCHER_KEYS = ("config", "max_jobs_run", "pick", "max_requeue")
-_STATUS = re.compile(r"with status (\d+)")
-_JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-SLURM_DEFAULT_CONFIG = """\
-# Built-in default of slurm.pl, used when neither ./conf/slurm.conf nor the toolkit's conf/slurm.conf exists.
-command sbatch --export=PATH
-option name=* --job-name $0
-option time=* --time $0
-option mem=* --mem $0
-option mem=0
-option num_threads=* --cpus-per-task $0
-option num_nodes=* --nodes $0
-default tasks_per_node=1
-option tasks_per_node=* --ntasks-per-node $0
-default gpu=0
-option gpu=0
-option gpu=* --gres=gpu:$0
-default signal_lead=120
-option signal_lead=0
-option signal_lead=* --signal=B:USR1@$0
-"""
-
-SGE_DEFAULT_CONFIG = """\
-# Built-in default of queue.pl, used when neither ./conf/queue.conf nor the toolkit's conf/queue.conf exists.
-command qsub -v PATH -cwd -S /bin/bash -j y
-option name=* -N $0
-option time=* -l h_rt=$0
-option mem=* -l mem_free=$0,ram_free=$0
-option mem=0
-option num_threads=* -pe smp $0
-option num_threads=1
-default gpu=0
-option gpu=0
-option gpu=* -l gpu=$0 -q '*.q'
-"""
+__all__ = ["SCHEDULERS", "ClusterRun", "Scheduler", "run_cluster"]
 
 
-# ==================================================================================== config
-@dataclass
-class ClusterConfig:
-    """A parsed ``conf/slurm.conf`` / ``conf/queue.conf`` (grammar in conventions §2.4)."""
-    source: str
-    command: List[str]
-    exact: Dict[Tuple[str, str], List[str]] = field(default_factory=dict)
-    star: Dict[str, List[str]] = field(default_factory=dict)
-    defaults: Dict[str, str] = field(default_factory=dict)
-
-
-def parse_config(text: str, source: str, *, star_requires_dollar0: bool, prog: str) -> ClusterConfig:
-    """Parse config lines: ``command ...``, ``option k=* args-with-$0``, ``option k=v [args]``, ``default k=v``."""
-    command: Optional[List[str]] = None
-    config = ClusterConfig(source=source, command=[])
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        where = f"{source}:{number}"
-        try:
-            if line.startswith("command "):
-                command = shlex.split(line[len("command "):])
-                continue
-            match = re.match(r"^option\s+([^=\s]+)=(\S+)\s*(.*)$", line)
-            if match:
-                key, value, args = match.group(1), match.group(2), match.group(3)
-                tokens = shlex.split(args)
-                if value == "*":
-                    if tokens and not any("$0" in t for t in tokens):
-                        message = f"{where}: '{raw.strip()}' has no $0 to receive the option's value"
-                        if star_requires_dollar0:
-                            raise LaunchError(message + "; add $0 where the value goes", exit_code=1)
-                        warn(prog, message)
-                    config.star[key] = tokens
-                else:
-                    config.exact[(key, value)] = tokens
-                continue
-            match = re.match(r"^default\s+([^=\s]+)=(\S+)$", line)
-            if match:
-                config.defaults[match.group(1)] = match.group(2)
-                continue
-        except ValueError as exc:  # shlex: unbalanced quotes
-            raise LaunchError(f"{where}: cannot split '{raw.strip()}': {exc}", exit_code=1) from None
-        raise LaunchError(f"{where}: cannot parse '{raw.strip()}'; a line is 'command <submit command>', "
-                          "'option <key>=* <args with $0>', 'option <key>=<value> [args]' or 'default <key>=<value>'",
-                          exit_code=1)
-    if not command:
-        raise LaunchError(f"{source}: has no 'command <submit command ...>' line", exit_code=1)
-    config.command = command
-    return config
-
-
-def sanitize_job_name(name: str) -> str:
-    """Scheduler-safe job name: characters other than ``[A-Za-z0-9._-]`` become ``_`` (SGE rejects ``/``)."""
-    return _JOB_NAME_UNSAFE.sub("_", name).strip("_") or "job"
-
-
-# ================================================================================= schedulers
-class Scheduler:
-    """What differs between Slurm and Grid Engine."""
-    prog = ""
-    config_name = ""
-    default_config = ""
-    task_variable = ""
-    job_id_pattern = re.compile(r"")
-    status_command: Tuple[str, ...] = ()
-    cancel_command: Tuple[str, ...] = ()
-    sync_subdir = ""
-    star_requires_dollar0 = False
-    header_env_prefix: Optional[str] = None
-    exit_100_before_sync = False
-    retry_pattern: Optional[re.Pattern] = None
-
-    def output_args(self, qlog: str) -> List[str]:
-        raise NotImplementedError
-
-    def parse_job_id(self, output: str) -> Optional[str]:
-        match = self.job_id_pattern.search(output)
-        return match.group(1) if match else None
-
-    def array_submissions(self, tasks: Sequence[int], max_jobs_run: Optional[int]) -> List[Tuple[List[int], List[str]]]:
-        """Group task ids into submissions: [(tasks, scheduler array arguments)]."""
-        raise NotImplementedError
-
-    def job_exists(self, job_id: str) -> Optional[bool]:
-        """True/False from the status command; None when it cannot be run."""
-        try:
-            result = subprocess.run(list(self.status_command) + [job_id], capture_output=True, text=True,
-                                    timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return result.returncode == 0 and self._listed(result.stdout)
-
-    def _listed(self, stdout: str) -> bool:
-        return True
-
-    def test_only_argv(self, argv: List[str], config: ClusterConfig) -> Optional[List[str]]:
-        """The submit command that only checks whether the scheduler could ever run the job, or None."""
-        return None
-
-    def requeued_by_scheduler(self, job_id: Optional[str], index: Optional[int], done_run: int) -> bool:
-        """True when the scheduler itself put the job (task ``index`` of an array) back in its queue after
-        its run ``done_run`` (0 = first) ended, e.g. after ``scontrol requeue`` or a preemption, so that it
-        runs again without a resubmission."""
-        return False
-
-
-def _runs(tasks: Sequence[int]) -> List[Tuple[int, int]]:
-    """Consecutive runs of sorted task ids: [1,2,3,5] -> [(1,3), (5,5)]."""
-    runs: List[Tuple[int, int]] = []
-    for task in sorted(tasks):
-        if runs and task == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], task)
-        else:
-            runs.append((task, task))
-    return runs
-
-
-class Slurm(Scheduler):
-    prog = "slurm.pl"
-    config_name = "slurm.conf"
-    default_config = SLURM_DEFAULT_CONFIG
-    task_variable = "SLURM_ARRAY_TASK_ID"
-    job_id_pattern = re.compile(r"Submitted batch job (\d+)")
-    status_command = ("squeue", "-h", "-j")
-    cancel_command = ("scancel",)
-    sync_subdir = ""
-    star_requires_dollar0 = False
-    header_env_prefix = "SLURM"
-
-    def output_args(self, qlog: str) -> List[str]:
-        return ["--open-mode=append", "-e", qlog, "-o", qlog]
-
-    def parse_job_id(self, output: str) -> Optional[str]:
-        """'Submitted batch job 123', or only '123[;cluster]' when the config adds --parsable."""
-        job_id = super().parse_job_id(output)
-        if job_id is None:
-            parsable = re.search(r"^(\d+)(?:;\S+)?\s*$", output, re.M)
-            job_id = parsable.group(1) if parsable else None
-        return job_id
-
-    def array_submissions(self, tasks, max_jobs_run):
-        spec = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in _runs(tasks))
-        if max_jobs_run:
-            spec += f"%{max_jobs_run}"
-        return [(list(tasks), ["--array", spec])]
-
-    def _listed(self, stdout: str) -> bool:
-        return bool(stdout.strip())
-
-    def test_only_argv(self, argv, config):
-        """``sbatch --test-only ...``: refuses, with Slurm's reason, what no node of the cluster can give."""
-        if os.path.basename(config.command[0]) != "sbatch":
-            return None
-        size = len(config.command)
-        return argv[:size] + ["--test-only"] + argv[size:]
-
-    def requeued_by_scheduler(self, job_id, index, done_run, settle: float = 30.0):
-        """Slurm counts a job's requeues (``Restarts``, ``SLURM_RESTART_COUNT`` in the job): a count above
-        the one of the run that wrote the done-file, or a job pending again, means Slurm reruns it."""
-        if not job_id:
-            return False
-        target = job_id if index is None else f"{job_id}_{index}"
-        deadline = time.monotonic() + settle
-        while True:
-            try:
-                result = subprocess.run(["scontrol", "show", "job", target], capture_output=True, text=True,
-                                        timeout=60, check=False)
-            except (OSError, subprocess.TimeoutExpired):
-                return False
-            state = re.search(r"\bJobState=(\S+)", result.stdout) if result.returncode == 0 else None
-            restarts = re.search(r"\bRestarts=(\d+)", result.stdout) if result.returncode == 0 else None
-            if state is None:
-                return False  # no longer known to Slurm
-            if (restarts is not None and int(restarts.group(1)) > done_run) \
-                    or state.group(1) in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
-                return True
-            # the done-file is written just before the batch script ends: wait until Slurm has moved on
-            if state.group(1) not in ("RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING") \
-                    or time.monotonic() >= deadline:
-                return False
-            time.sleep(0.5)
-
-
-class GridEngine(Scheduler):
-    prog = "queue.pl"
-    config_name = "queue.conf"
-    default_config = SGE_DEFAULT_CONFIG
-    task_variable = "SGE_TASK_ID"
-    job_id_pattern = re.compile(r"Your job(?:-array)? (\d+)")
-    status_command = ("qstat", "-j")
-    cancel_command = ("qdel",)
-    sync_subdir = "sync"
-    star_requires_dollar0 = True
-    exit_100_before_sync = True
-    retry_pattern = re.compile(r"qmaster|gdi request", re.IGNORECASE)
-
-    def output_args(self, qlog: str) -> List[str]:
-        return ["-o", qlog]
-
-    def array_submissions(self, tasks, max_jobs_run):
-        submissions = []
-        for start, end in _runs(tasks):
-            args = ["-t", f"{start}:{end}"]
-            if max_jobs_run:
-                args += ["-tc", str(max_jobs_run)]
-            submissions.append((list(range(start, end + 1)), args))
-        return submissions
-
-
-SCHEDULERS = {"slurm": Slurm(), "queue": GridEngine()}
-
-
-def toolkit_conf_dir() -> Path:
-    """``conf/`` at the top of the checkout this package lives in (src/speechdistill/launch -> ../../..)."""
-    return Path(__file__).resolve().parents[3] / "conf"
-
-
-def load_config(request: LaunchRequest, scheduler: Scheduler) -> ClusterConfig:
-    """--config FILE, else ./conf/<name>, else the toolkit's conf/<name>, else the built-in default."""
-    if request.config is not None:
-        path = Path(request.config)
-        if not path.is_file():
-            raise LaunchError(f"could not open config file {request.config} (given with --config)", exit_code=1)
-        candidates = [path]
-    else:
-        candidates = [p for p in (Path("conf") / scheduler.config_name, toolkit_conf_dir() / scheduler.config_name)
-                      if p.is_file()]
-    if candidates:
-        path = candidates[0]
-        return parse_config(path.read_text(encoding="utf-8"), str(path),
-                            star_requires_dollar0=scheduler.star_requires_dollar0, prog=scheduler.prog)
-    return parse_config(scheduler.default_config, "the built-in default config",
-                        star_requires_dollar0=scheduler.star_requires_dollar0, prog=scheduler.prog)
-
-
-def scheduler_arguments(config: ClusterConfig, request: LaunchRequest, prog: str) -> Tuple[List[str], int]:
-    """Map ``--key value`` options through the config; returns (submit arguments, threads per job)."""
-    values = dict(request.options)
-    for key, value in config.defaults.items():
-        values.setdefault(key, value)
-    arguments: List[str] = []
-    for key, value in values.items():
-        if key in LAUNCHER_KEYS:
-            continue
-        if key == "name":
-            safe = sanitize_job_name(value)
-            if safe != value:
-                print(f"{prog}: job name '{value}' sanitised to '{safe}'", file=sys.stderr)
-            value = safe
-        if (key, value) in config.exact:
-            arguments += config.exact[(key, value)]
-        elif key in config.star:
-            arguments += [token.replace("$0", value) for token in config.star[key]]
-        else:
-            spelling = "--" + key.replace("_", "-")
-            raise LaunchError(f"command line option {spelling} (value '{value}') is not described in {config.source}; "
-                              f"add 'option {key}=* <scheduler arguments with $0>' (or 'option {key}={value} "
-                              f"<arguments>') to it")
-    threads = request.pe_threads or 1
-    if "num_threads" in values:
-        try:
-            threads = int(values["num_threads"])
-        except ValueError:
-            raise LaunchError(f"--num-threads expects an integer, got '{values['num_threads']}'") from None
-    return arguments, threads
-
-
-# ==================================================================================== paths
-@dataclass
-class QueuePaths:
-    qdir: Path
-    qlog: Path
-    script: Path
-    sync_base: Path
-
-
-def queue_paths(request: LaunchRequest, scheduler: Scheduler) -> QueuePaths:
-    log_dir = os.path.dirname(request.log) or "."
-    qdir = Path(re.sub(r"/(log|LOG)/*q$", "/q", f"{log_dir}/q"))
-    base = os.path.basename(request.log)
-    if request.job_range:
-        base = re.sub(r"\.?" + re.escape(request.job_range.name), "", base, count=1)
-    qlog = qdir / base
-    script_name, replaced = re.subn(r"\.[A-Za-z]{1,5}$", ".sh", base)
-    script = (qdir / (script_name if replaced else base + ".sh")).absolute()
-    sync_dir = (qdir / scheduler.sync_subdir) if scheduler.sync_subdir else qdir
-    return QueuePaths(qdir=qdir, qlog=qlog, script=script, sync_base=(sync_dir / f"done.{os.getpid()}").absolute())
-
-
-STOP_SIGNALS = ("TERM", "USR1")
-"""Signals the job script traps: the scheduler's stop requests (time limit, preemption, scancel,
-``sbatch --signal=B:USR1@N``, Grid Engine's ``-notify``)."""
-
-
-def job_script(request: LaunchRequest, scheduler: Scheduler, *, cwd: str, threads: int, sync_base: Path,
-               submit_line: str) -> str:
-    """The bash script every task of a submission runs (see the module docstring).
-
-    The command runs in the background in a process group of its own while the script waits for
-    it. SIGTERM or SIGUSR1 to the script (Slurm's ``--signal=B:USR1@N`` reaches only the batch
-    shell; ``scancel``, ``scontrol requeue`` and preemption send SIGTERM) is passed on to that whole
-    group as SIGUSR1: the trainer checkpoints and exits 99 on either, and ``srun`` passes SIGUSR1 on
-    to its tasks, where a SIGTERM would make it kill them at once. The script then keeps waiting,
-    so the command's own status (99) is what it records and what the launcher reads.
-    """
-    q = shlex.quote
-    lines = ["#!/usr/bin/env bash",
-             f"# Job script of {scheduler.prog} (speechdistill.launch), written at {date_string()}.",
-             f"cd {q(cwd)} || exit 1"]
-    if request.job_range:
-        name, var = request.job_range.name, scheduler.task_variable
-        lines += [f"task_id=${{{var}:?{var} is not set: this script runs as an array job}}",
-                  f"log_template={q(request.log)}",
-                  f"command_template={q(request.command)}",
-                  f"log=${{log_template//{name}/${{task_id}}}}",
-                  f"command=${{command_template//{name}/${{task_id}}}}",
-                  f"sync_file={q(str(sync_base))}.${{task_id}}"]
-    else:
-        lines += [f"log={q(request.log)}", f"command={q(request.command)}", f"sync_file={q(str(sync_base))}"]
-    lines += ["child=",
-              "stop_signal=",
-              "pass_on() {  # a stop request: give it to the command's whole process group",
-              '  stop_signal=$1',
-              '  if [ -n "$child" ]; then',
-              '    echo "# $(date): SIG$1 received; passing SIGUSR1 to the command (process group $child)" >> "$log"',
-              '    kill -USR1 -- "-$child" 2> /dev/null || true',
-              "  fi",
-              "}"]
-    lines += [f"trap 'pass_on {sig}' {sig}" for sig in STOP_SIGNALS]
-    lines += ['mkdir -p "$(dirname "$log")"']
-    if scheduler.header_env_prefix == "SLURM":
-        lines += ['if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ -f "$log" ]; then',
-                  "  # Slurm requeued the job itself (scontrol requeue, preemption): keep the earlier run's lines",
-                  '  echo "# Requeued by Slurm: run $((SLURM_RESTART_COUNT + 1)) of job ${SLURM_JOB_ID:-}" >> "$log"',
-                  "else",
-                  '  : > "$log"',
-                  "fi"]
-    else:
-        lines.append(': > "$log"')
-    lines += ["{",
-              '  echo "# Running on $(hostname)"',
-              '  echo "# Started at $(date)"']
-    if scheduler.header_env_prefix:
-        lines.append(f"  env | grep '^{scheduler.header_env_prefix}' | LC_ALL=C sort | sed 's/^/# /'")
-    lines += [f"  printf '# Submitted with: %s\\n' {q(submit_line)}",
-              "  printf '# %s\\n' \"$command\"",
-              '} >> "$log"',
-              "ret=0",
-              "if [ -f ./path.sh ]; then",
-              '  . ./path.sh >> "$log" 2>&1 || { ret=$?; echo "# sourcing ./path.sh in $(pwd) failed with status '
-              '$ret; the command was not run" >> "$log"; }',
-              "fi"]
-    if scheduler.header_env_prefix == "SLURM":
-        lines += ['if [ "${CUDA_VISIBLE_DEVICES:-}" = NoDevFiles ]; then',
-                  '  echo "CUDA_VISIBLE_DEVICES set to NoDevFiles, unsetting it" >> "$log"',
-                  "  unset CUDA_VISIBLE_DEVICES",
-                  "fi"]
-    lines += ["time1=$(date +%s)",
-              'if [ "$ret" -eq 0 ] && [ -n "$stop_signal" ]; then',
-              f'  echo "# SIG$stop_signal arrived before the command started; not started (status {REQUEUE_EXIT_CODE}: '
-              'run it again)" >> "$log"',
-              f"  ret={REQUEUE_EXIT_CODE}",
-              'elif [ "$ret" -eq 0 ]; then',
-              "  set -m  # job control: the command gets a process group of its own",
-              "  # the subshell outlives a stop signal (trapped, so its children keep the default action) and",
-              "  # returns the command's status",
-              f"  ( trap : {' '.join(STOP_SIGNALS)}; eval \"$command\" ) >> \"$log\" 2>&1 < /dev/null &",
-              "  child=$!",
-              "  set +m",
-              '  [ -z "$stop_signal" ] || pass_on "$stop_signal"',
-              "  while :; do  # a trapped signal interrupts 'wait': wait again until the command has ended",
-              "    stop_signal=",
-              '    wait "$child"',
-              "    ret=$?",
-              '    [ -n "$stop_signal" ] || break',
-              "  done",
-              "fi",
-              "time2=$(date +%s)"]
-    if scheduler.header_env_prefix == "SLURM":
-        lines += ['echo "# Accounting: begin_time=$time1" >> "$log"',
-                  'echo "# Accounting: end_time=$time2" >> "$log"']
-    lines += [f'echo "# Accounting: time=$((time2 - time1)) threads={threads}" >> "$log"',
-              'echo "# Finished at $(date) with status $ret" >> "$log"']
-    if scheduler.exit_100_before_sync:
-        lines.append('if [ "$ret" -eq 137 ]; then exit 100; fi  # out of memory: Grid Engine error state, re-runnable')
-    # the done-file holds which run of the job wrote it (Slurm counts the requeues it does itself)
-    lines.append('echo "${SLURM_RESTART_COUNT:-0}" > "$sync_file"')
-    if not scheduler.exit_100_before_sync:
-        lines.append('if [ "$ret" -eq 137 ]; then exit 100; fi  # killed, most likely out of memory')
-    lines += ['if [ "$ret" -eq 0 ]; then exit 0; fi', "exit 1", "## submitted with:", f"# {submit_line}", ""]
-    return "\n".join(lines)
-
-
-def _write_executable(path: Path, text: str) -> None:
-    """Write via a temporary file + rename: tasks still running the previous script keep its old inode."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
-
-
-def _done_run(sync: Path) -> int:
-    """Which run of the job wrote the done-file (its first line; 0 when empty or unreadable)."""
-    try:
-        text = sync.read_text(encoding="utf-8").strip()
-    except OSError:
-        return 0
-    return int(text) if text.isdigit() else 0
-
-
-def read_status(log: Path, wait: float) -> Optional[int]:
-    """The N of the last ``with status N`` in the last 10 lines of ``log``, waiting up to ``wait`` s (NFS)."""
-    deadline = time.monotonic() + wait
-    while True:
-        for line in reversed(tail(log, 10)):
-            match = _STATUS.search(line)
-            if match:
-                return int(match.group(1))
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-
-
-# ====================================================================================== run
 @dataclass
 class _Task:
     index: Optional[int]
@@ -544,9 +79,9 @@ class ClusterRun:
             argv = (self.config.command + self.arguments + self.request.passthrough
                     + self.scheduler.output_args(str(self.paths.qlog)) + array_args + [str(self.paths.script)])
             line = shlex.join(argv)
-            _write_executable(self.paths.script, job_script(self.request, self.scheduler, cwd=self.cwd,
-                                                            threads=self.threads, sync_base=self.paths.sync_base,
-                                                            submit_line=line))
+            write_executable(self.paths.script, job_script(self.request, self.scheduler, cwd=self.cwd,
+                                                           threads=self.threads, sync_base=self.paths.sync_base,
+                                                           submit_line=line))
             if not self._checked:
                 self._check_feasible(argv, line)
             job_id = self._run_submit(argv, line)
@@ -655,7 +190,7 @@ class ClusterRun:
                     continue
                 task.status = read_status(task.log, self.status_wait)
                 if task.status != 0 and self.scheduler.requeued_by_scheduler(task.job_id, task.index,
-                                                                             _done_run(task.sync)):
+                                                                             done_run(task.sync)):
                     # the scheduler reruns it (scontrol requeue, preemption); its rerun appends to the log
                     task.sync.unlink(missing_ok=True)
                     print(f"{self.prog}: job {task.job_id}{'' if task.index is None else f'_{task.index}'} ended "

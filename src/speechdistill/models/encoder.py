@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .components import (ConvFeatureExtractor, Dropout, FeedForward, ParallelAdapter, PositionalConv, SelfAttention,
-                         TransformerLayer, masked_layer_norm, project_layer, relative_position_buckets)
+from .components import (Dropout, FeedForward, ParallelAdapter, PositionalConv, SelfAttention, TransformerLayer,
+                         project_layer, relative_position_buckets)
 from .config import EncoderConfig
+from .feature_extractor import ConvFeatureExtractor, masked_layer_norm
 from .grad import grad_multiply, layer_grad_split
 
 

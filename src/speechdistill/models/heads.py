@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels

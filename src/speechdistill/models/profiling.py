@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .components import conv_output_length
 from .config import EncoderConfig
+from .feature_extractor import conv_output_length
 from .heads import LayerProjections, PredictionHeads
 
 SAMPLE_RATE = 16000

@@ -16,8 +16,9 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 from torch import nn
 
-from .components import ConvBlock, SelfAttention
+from .components import FeedForward, SelfAttention
 from .encoder import Encoder
+from .feature_extractor import ConvBlock
 
 
 def gate_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
@@ -212,7 +213,6 @@ def set_uniform_keep_fraction(model: Encoder, fraction: float, *, ffn_fraction: 
                               seed: int = 0) -> None:
     """Switch gates hard on/off so every group keeps round(fraction * n) units (FFN groups:
     ``ffn_fraction`` when given; CNN layers keep at least one), chosen at random with ``seed``."""
-    from .components import ConvBlock, FeedForward
     generator = torch.Generator().manual_seed(seed)
     conv_gates = {id(m.gate) for m in model.modules() if isinstance(m, ConvBlock) and m.gate is not None}
     ffn_gates = {id(m.unit_gate) for m in model.modules() if isinstance(m, FeedForward) and m.unit_gate is not None}
