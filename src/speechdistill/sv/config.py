@@ -42,7 +42,6 @@ from ..downstream.frontend import FbankConfig
 from ..train.config import TrainerConfig
 from ..train.optim import EPOCH_SCHEDULES
 
-UPSTREAMS = ("student", "frozen_teacher", "fbank")
 # system -> the upstream it stands for (its other axes follow from the upstream's defaults)
 SYSTEMS = {"oskdft": "student", "ssl_frozen": "frozen_teacher", "fbank": "fbank"}
 LR_MODES = {"trainer": {}, "oskdft_paper": {"student": "ramp_decay", "adapters": "cosine_restarts",
