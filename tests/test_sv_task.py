@@ -14,9 +14,9 @@ from speechdistill.config import ConfigError, from_dict
 from speechdistill.data.collate import collate_batch
 from speechdistill.data.dataset import AudioDataset, ItemRef
 from speechdistill.sv.config import SvConfig
-from speechdistill.sv.schedules import cosine_restart_factor, epoch_of_update, kd_lr_factor
 from speechdistill.sv.task import KdInputSource, SvTask, resolve_kd_terms
-from speechdistill.train.optim import build_optimizer, group_learning_rates
+from speechdistill.train.optim import (build_optimizer, cosine_restart_factor, epoch_of_update, group_learning_rates,
+                                       ramp_decay_factor)
 from speechdistill.train.task import TrainContext
 
 
@@ -211,7 +211,7 @@ def test_paper_learning_rates_per_group_follow_the_released_rule(files, tmp_path
         assert lrs["student"] == pytest.approx(kd[epoch], rel=1e-9)
         optimizer.step()
         scheduler.step()
-    assert kd_lr_factor(12, 8, 0.01, 10, 0.93) * 1e-4 == pytest.approx(kd[11])
+    assert ramp_decay_factor(12, 8, 0.01, 10, 0.93) * 1e-4 == pytest.approx(kd[11])
     assert cosine_restart_factor(9, 8, 0.01) == pytest.approx(1.0)  # a restart
 
 

@@ -1,5 +1,6 @@
 """Train a speaker-verification system: OS-KDFT student, fbank ECAPA-TDNN, or a back-end on the
-frozen teacher's features (``system`` in the config; see speechdistill.sv.task).
+frozen teacher's features (``upstream`` and the other axes of the config, or their shorthand
+``system``; see speechdistill.sv.config).
 
     python -m speechdistill.bin.sv_train --config conf/oskdft_paper.yaml --train-data data/train \\
         --teacher exp/teacher --output-dir exp/sv_oskdft_paper [--valid-data DIR] [--max_steps 30 ...]

@@ -7,7 +7,7 @@ what DDP needs to synchronise gradients.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -16,33 +16,11 @@ from ..losses import LagrangianSparsity
 from ..models.encoder import Encoder
 from ..models.heads import LayerProjections, PredictionHeads
 from ..models.pruning import expected_sparsity
+from ..models.teacher_targets import hidden_states_with_layer0, valid_frames
 from .config import head_key
 from .enhancement import EnhancementHead
 
 StudentKey = Union[int, str]
-
-
-def hidden_states_with_layer0(output: Any, layer0_source: str) -> List[Optional[torch.Tensor]]:
-    """An encoder output's hidden states, index 0 replaced by the feature-projection output when asked.
-
-    Args:
-        output: :class:`speechdistill.models.encoder.EncoderOutput`.
-        layer0_source: ``transformer_input`` (keep), ``feature_projection`` (after ``dropout_input``) or
-            ``feature_projection_before_dropout``.
-    Returns:
-        list of ``[B, N, D]`` (None where not computed).
-    """
-    hidden = list(output.hidden_states)
-    if layer0_source == "feature_projection":
-        hidden[0] = output.projected_features
-    elif layer0_source == "feature_projection_before_dropout":
-        hidden[0] = output.projection_output
-    return hidden
-
-
-def valid_frames(frame_lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """``[B, N]`` bool, True on frames ``n < frame_lengths[b]`` (no host synchronisation)."""
-    return torch.arange(num_frames, device=frame_lengths.device)[None, :] < frame_lengths[:, None]
 
 
 class DistillModel(nn.Module):

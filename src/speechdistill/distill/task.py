@@ -38,23 +38,16 @@ from ..models.heads import LayerProjections, PredictionHeads, build_heads
 from ..models.masking import span_mask
 from ..models.pruning import gate_parameters, has_gates, prune
 from ..models.students import StudentPreset, TeacherInit, build_student, load_preset
+from ..models.teacher_targets import check_frames_line_up, conv_frames, load_frozen_teacher, teacher_targets
 from ..train.task import StepOutput, TrainContext
 from .config import HEAD_PREFIX, DistillConfig, head_key
 from .corruption import StudentCorruption
 from .enhancement import EnhancementHead
-from .model import DistillModel, hidden_states_with_layer0
+from .model import DistillModel
 
 logger = logging.getLogger("speechdistill.distill")
 ENHANCEMENT_TERM = "enhancement"
 NO_DECAY_NAMES = ("bias", "LayerNorm.weight", "LayerNorm.bias")
-
-
-def conv_frames(num_samples: int, conv_layers: Sequence[Sequence[int]]) -> int:
-    """Frames a CNN makes of ``num_samples`` samples: floor((L - k) / s) + 1 layer by layer."""
-    length = int(num_samples)
-    for _, kernel, stride in conv_layers:
-        length = (length - int(kernel)) // int(stride) + 1
-    return length
 
 
 class _Stopwatch:
@@ -141,9 +134,8 @@ class DistillTask:
         self.context = context
         self.device = context.device
         self.log = context.logger or logger
-        teacher, report = import_model(config.teacher)
-        teacher.eval().requires_grad_(False)
-        self.teacher = teacher.to(self.device)
+        teacher, report = load_frozen_teacher(config.teacher, self.device)
+        self.teacher = teacher
         self.teacher_num_params = sum(p.numel() for p in teacher.parameters())
         self.log.info("teacher %s (%s, %s): %s parameters; hidden states read by the loss: %s%s", config.teacher,
                       report.format, report.architecture, f"{self.teacher_num_params:,}", self.teacher_layers,
@@ -231,14 +223,7 @@ class DistillTask:
     def _check_composition(self, student: Encoder, heads: Optional[torch.nn.Module]) -> None:
         """Refuse, before training, a composition whose pieces do not fit together."""
         teacher = self.teacher
-        probe = [400, 401, 719, 720, 16000, 16321, 250000]
-        student_frames = [conv_frames(n, student.config.conv_layers) for n in probe]
-        teacher_frames = [conv_frames(n, teacher.config.conv_layers) for n in probe]
-        if student_frames != teacher_frames:
-            raise ConfigError(f"the student's CNN {student.config.conv_layers} makes other frame counts than the "
-                              f"teacher's {teacher.config.conv_layers} (e.g. {student_frames[-1]} vs "
-                              f"{teacher_frames[-1]} for 250000 samples); give it the same total stride and "
-                              "receptive field")
+        check_frames_line_up(student.config.conv_layers, teacher.config.conv_layers)
         head_targets = set(heads.config.target_layers) if isinstance(heads, PredictionHeads) else set()
         projected = set(heads.config.source_layers) if isinstance(heads, LayerProjections) else set()
         for key in self.student_keys:
@@ -302,11 +287,10 @@ class DistillTask:
                          no_overlap=m.no_overlap, min_space=m.min_space, require_same_masks=m.require_same_masks,
                          rng=self.mask_rng, device=lengths.device)
 
-    @torch.no_grad()
     def teacher_targets(self, wavs: torch.Tensor, lengths: torch.Tensor,
                         mask_indices: Optional[torch.Tensor] = None, host_lengths: Optional[Sequence[int]] = None
                         ) -> Tuple[List[Optional[torch.Tensor]], Optional[List[Optional[torch.Tensor]]]]:
-        """Teacher hidden states the loss reads, on clean input.
+        """Teacher hidden states the loss reads, on clean input (``models.teacher_targets``).
 
         Args:
             wavs: ``[B, T]`` clean waveforms; lengths: ``[B]`` samples.
@@ -317,25 +301,11 @@ class DistillTask:
             ``(hidden, masked_hidden)``: lists indexed like hidden states (None where not needed);
             ``masked_hidden`` is None without a masked pass.
         """
-        teacher, layer0 = self.teacher, self.config.layer0_source
-        wanted = set(self.teacher_layers)
-        with self.context.teacher_autocast():
-            if mask_indices is not None and self.masked_teacher_pass:
-                batch = wavs.shape[0]
-                both = teacher(torch.cat([wavs, wavs]), torch.cat([lengths, lengths]),
-                               host_lengths=None if host_lengths is None else list(host_lengths) * 2,
-                               mask_indices=torch.cat([mask_indices, torch.zeros_like(mask_indices)]),
-                               output_layers=wanted)
-                hidden = hidden_states_with_layer0(both, layer0)
-                masked = [h[:batch] if h is not None else None for h in hidden]
-                clean = [h[batch:] if h is not None else None for h in hidden]
-                return self._keep(clean, wanted), self._keep(masked, wanted)
-            out = teacher(wavs, lengths, host_lengths=host_lengths, output_layers=wanted)
-            return self._keep(hidden_states_with_layer0(out, layer0), wanted), None
-
-    @staticmethod
-    def _keep(hidden: List[Optional[torch.Tensor]], wanted: set) -> List[Optional[torch.Tensor]]:
-        return [h if i in wanted else None for i, h in enumerate(hidden)]
+        targets = teacher_targets(self.teacher, wavs, lengths, self.teacher_layers,
+                                  autocast=self.context.teacher_autocast, layer0_source=self.config.layer0_source,
+                                  mask_indices=mask_indices if self.masked_teacher_pass else None,
+                                  host_lengths=host_lengths)
+        return targets.hidden, targets.masked
 
     def losses(self, model: torch.nn.Module, wavs: torch.Tensor, lengths: torch.Tensor, step: int, *,
                training: bool = True, audio_seconds: Optional[float] = None,

@@ -8,10 +8,11 @@
     features --back-end (ECAPA-TDNN or mean+std linear)--> embeddings [B, E]
 
 ``SvTrainModel`` is what the trainer optimises (and wraps in DDP): the same pieces plus the
-speaker classification head and, for OS-KDFT, the distillation heads. Its forward runs the
-student once on ``[kd inputs; sv inputs]`` stacked along the batch with the adapters switched off
-for the first rows and on for the others -- the released code's "batch passed twice" -- and
-returns the distillation branch's hidden states together with the speaker loss.
+speaker classification head and, for a student with distillation terms (OS-KDFT), the
+distillation heads. Its forward runs the student once on ``[kd inputs; sv inputs]`` stacked along
+the batch with the adapters switched off for the first rows and on for the others -- the released
+code's "batch passed twice" -- and returns the distillation branch's hidden states together with
+the speaker loss.
 
 A trained system is saved as a directory (written under a temporary name, then renamed)::
 
@@ -132,10 +133,10 @@ class SvForward:
 class SvTrainModel(nn.Module):
     """The trainable part of a speaker-verification system.
 
-    ``student`` (OS-KDFT, adapters included), ``fbank`` (baseline) or neither (ssl_frozen: the
-    task passes the frozen teacher's hidden states in). ``kd_student_layers`` are the student
-    hidden-state indices the distillation terms read; ``kd_heads`` map the student onto teacher
-    layers (2024 preset).
+    ``student`` (upstream student, adapters included), ``fbank`` (upstream fbank) or neither
+    (upstream frozen_teacher: the task passes the frozen teacher's hidden states in).
+    ``kd_student_layers`` are the student hidden-state indices the distillation terms read;
+    ``kd_heads`` map the student onto teacher layers (2024 preset).
     """
 
     def __init__(self, backend: nn.Module, speaker_head: nn.Module, *, student: Optional[nn.Module] = None,
@@ -174,10 +175,10 @@ class SvTrainModel(nn.Module):
             sv_wavs, sv_lengths: speaker branch input ``[B, T]`` (samples) and ``[B]``; None skips
                 the speaker branch (a distillation-only pass).
             labels: ``[B]`` speaker indices (None: embeddings are computed but no loss).
-            kd_wavs, kd_lengths: distillation branch input ``[B_kd, T_kd]`` and ``[B_kd]`` (student
-                systems only); run through the student with the adapters off.
-            upstream_states, upstream_frames: ssl_frozen only -- the frozen teacher's hidden states
-                (``[B, N, D]`` each) and valid frames ``[B]`` for the speaker branch.
+            kd_wavs, kd_lengths: distillation branch input ``[B_kd, T_kd]`` and ``[B_kd]`` (a student
+                only); run through the student with the adapters off.
+            upstream_states, upstream_frames: upstream frozen_teacher only -- the frozen teacher's
+                hidden states (``[B, N, D]`` each) and valid frames ``[B]`` for the speaker branch.
         """
         kd_predictions: Dict[StudentKey, torch.Tensor] = {}
         kd_frames = None

@@ -1,35 +1,39 @@
 """``SvTask``: speaker-verification training through the one trainer (see ``train/task.py``).
 
-Per micro-batch (``B`` cropped utterances ``wavs [B, T]`` with their speaker indices):
+The system is composed along the axes of ``SvConfig`` (``sv/config.py``). Per micro-batch (``B``
+cropped utterances ``wavs [B, T]`` with their speaker indices), by ``upstream``:
 
-``fbank``      augment -> fbank -> back-end -> speaker loss.
-``ssl_frozen`` augment -> frozen teacher (no_grad, teacher autocast) -> weighted sum -> back-end ->
-               speaker loss.
-``oskdft``     (specs/methods/06_os_kdft.md)
-               1. the student input is the augmented copy of the crop; the teacher gets the clean
-                  crop (``kd_input: same_crop``, the paper) -- or, with ``kd_input: separate``, the
-                  distillation branch gets *other* utterances (from ``kd_data``, mixed with training
-                  utterances with probability epoch / ``kd_curriculum_epochs``), which is what the
-                  2024 scripts meant to do; their data bug, which fed both branches the same
-                  VoxCeleb crop, is not reproduced. These inputs are read by the DataLoader workers
-                  with the training items (:class:`KdInputSource`);
-               2. one student forward over ``[kd inputs; student inputs]`` with the adapters off
-                  for the first half (distillation branch) and on for the second (speaker branch);
-               3. loss = Σ distillation terms (weights may decay linearly over epochs) + speaker loss.
+``fbank``          augment -> fbank -> back-end -> speaker loss.
+``frozen_teacher`` augment -> frozen teacher (``models.teacher_targets``) -> weighted sum ->
+                   back-end -> speaker loss.
+``student``        augment -> student (adapters on) -> featurizer -> back-end -> speaker loss, and
+                   with ``kd_terms`` a distillation branch (OS-KDFT, specs/methods/06_os_kdft.md):
+                   1. the teacher gets the clean crop of the student's input (``kd_input:
+                      same_crop``, the paper) -- or, with ``kd_input: separate``, the branch gets
+                      *other* utterances (from ``kd_data``, mixed with training utterances with
+                      probability epoch / ``kd_curriculum_epochs``), which is what the 2024 scripts
+                      meant to do; their data bug, which fed both branches the same VoxCeleb crop,
+                      is not reproduced. These inputs are read by the DataLoader workers with the
+                      training items (:class:`KdInputSource`);
+                   2. one student forward over ``[kd inputs; student inputs]`` with the adapters
+                      off for the first half (distillation branch) and on for the second (speaker
+                      branch);
+                   3. loss = Σ distillation terms (weights may decay linearly over epochs) +
+                      speaker loss, the terms against the teacher's targets aligned frame by frame.
 
-Epochs: the distillation weight decay, the kd curriculum and the ``oskdft_paper`` learning rates
-are functions of the 1-based epoch ``1 + update // steps_per_epoch`` (``sv/schedules.py``), where
-``steps_per_epoch`` is the number of updates in one pass over ``train_data`` as the trainer's
+Epochs: the distillation weight decay, the kd curriculum and the epoch learning-rate schedules are
+functions of the 1-based epoch ``1 + update // steps_per_epoch`` (``train.optim.epoch_of_update``),
+where ``steps_per_epoch`` is the number of updates in one pass over ``train_data`` as the trainer's
 batch sampler makes it (its first epoch; later epochs differ by a batch or so) unless the config
 sets it.
 
 Learning rates (param groups): ``student`` (encoder and distillation heads, lr x
 ``student_lr_scale``), ``adapters`` (lr x ``adapter_lr_scale``) and ``backend`` (featurizer,
-back-end, speaker head: lr). With ``lr_mode: trainer`` each group follows the trainer's
-warmup/decay; with ``oskdft_paper`` the released per-epoch curves.
+back-end, speaker head: lr). Each group follows the trainer's warmup/decay, or the epoch schedule
+``group_lr_schedules`` names for it.
 
 Export: ``<output_dir>/sv_model`` (``sv/model.py``): the encoder (the student with its adapters,
-or the frozen teacher for ssl_frozen) and the back-end, loadable by ``load_sv_model`` and
+or the frozen teacher) and the back-end, loadable by ``load_sv_model`` and
 ``speechdistill.bin.sv_extract``.
 """
 from __future__ import annotations
@@ -49,10 +53,11 @@ from ..data.tables import DataDirError, byte_key, read_table
 from ..downstream.featurizer import Featurizer
 from ..downstream.frontend import Fbank
 from ..losses.distill import LossTerm, check_terms, evaluate_terms, student_keys_needed, teacher_layers_needed
+from ..models.teacher_targets import TeacherTargets, check_frames_line_up, load_frozen_teacher, teacher_targets
+from ..train.optim import epoch_of_update, epoch_schedule
 from ..train.task import StepOutput, TrainContext
 from .config import SvConfig
 from .model import SpeakerEmbedder, SvTrainModel, build_backend, build_speaker_head, save_sv_model
-from .schedules import (cosine_restart_factor, curriculum_probability, epoch_of_update, kd_lr_factor, per_update)
 
 logger = logging.getLogger("speechdistill.sv")
 ADAPTER_MARK = ".adapter."
@@ -73,6 +78,11 @@ def read_speakers(data_dir: Union[str, Path]) -> Dict[str, str]:
 def speaker_indices(utt2spk: Mapping[str, str]) -> Dict[str, int]:
     """Speaker -> class index, speakers in C-locale byte order."""
     return {speaker: index for index, speaker in enumerate(sorted(set(utt2spk.values()), key=byte_key))}
+
+
+def curriculum_probability(epoch: int, epochs: float) -> float:
+    """Probability that a distillation input of the 1-based ``epoch`` comes from the training set: min(1, e / E)."""
+    return min(1.0, epoch / float(epochs))
 
 
 def resolve_kd_terms(raw_terms: List[Mapping[str, Any]], student_states: int, teacher_states: int,
@@ -205,21 +215,17 @@ class SvTask:
             self.class_weights = torch.tensor(len(self.train_set) / (len(self.speakers) * np.maximum(counts, 1)),
                                               dtype=torch.float32)
         self.steps_per_epoch = cfg.steps_per_epoch or self._updates_per_epoch(context.world_size)
-        log.info("speaker verification: system %s, %d training speakers, %d utterances; %d updates per epoch (%s)",
-                 cfg.system, len(self.speakers), len(self.train_set), self.steps_per_epoch,
+        log.info("speaker verification: %s, %d training speakers, %d utterances; %d updates per epoch (%s)",
+                 self._describe(), len(self.speakers), len(self.train_set), self.steps_per_epoch,
                  "config" if cfg.steps_per_epoch else "one pass over train_data")
-        if cfg.system in ("oskdft", "ssl_frozen"):
-            from ..models.checkpoints import import_model
-
-            teacher, report = import_model(cfg.teacher)
-            teacher.requires_grad_(False)
-            self.teacher = teacher.to(context.device).eval()
+        if cfg.upstream != "fbank":
+            self.teacher, report = load_frozen_teacher(cfg.teacher, context.device)
             log.info("teacher %s: %s, %d layers, %s parameters", cfg.teacher, report.architecture,
-                     teacher.num_layers, f"{report.num_params:,}")
+                     self.teacher.num_layers, f"{report.num_params:,}")
         self.generator = torch.Generator().manual_seed(cfg.seed * 7919 + context.rank)
         if cfg.augment is not None:
             self.augmenter = self._build_augmenter(context.device)
-        if cfg.system == "oskdft" and cfg.kd_input == "separate":
+        if cfg.kd_terms and cfg.kd_input == "separate":
             kd_set = None
             if cfg.kd_data is not None:
                 kd_set = AudioDataset(cfg.kd_data, max_seconds=cfg.max_seconds, min_seconds=cfg.min_seconds,
@@ -229,6 +235,14 @@ class SvTask:
                      cfg.kd_data or cfg.train_data,
                      f" (training utterances with probability epoch/{cfg.kd_curriculum_epochs:g})"
                      if cfg.kd_data and cfg.kd_curriculum_epochs else "")
+
+    def _describe(self) -> str:
+        cfg = self.config
+        parts = [f"upstream {cfg.upstream}" + (f" (system {cfg.system})" if cfg.system else "")]
+        if cfg.upstream == "student":
+            parts.append(f"{len(cfg.kd_terms)} distillation term(s)" if cfg.kd_terms else "no distillation")
+            parts.append("adapters in the speaker branch" if cfg.adapters else "no adapters")
+        return ", ".join(parts)
 
     def _updates_per_epoch(self, world_size: int) -> int:
         cfg = self.config
@@ -245,7 +259,7 @@ class SvTask:
         augmenter = Augmenter.from_config(settings, device=device)
         if self.context is not None:
             self.context.logger.info("augmentation '%s' of the %s input: p=%g, choices %s", self.config.augment,
-                                     "student" if self.config.system == "oskdft" else "system",
+                                     "student" if self.config.upstream == "student" else "system",
                                      settings.apply_prob, ", ".join(augmenter.choice_names))
         return augmenter
 
@@ -254,22 +268,22 @@ class SvTask:
         cfg = self.config
         log = self.context.logger if self.context is not None else logger
         head_kwargs = dict(margin=cfg.aam_margin, scale=cfg.aam_scale, class_weights=self.class_weights)
-        if cfg.system == "fbank":
+        if cfg.upstream == "fbank":
             fbank = Fbank(cfg.fbank)
             backend = build_backend(cfg.backend, cfg.fbank.num_mel_bins, cfg.ecapa, cfg.mean_std)
             head = build_speaker_head(cfg.speaker_loss, backend.embedding_size, len(self.speakers), **head_kwargs)
             module = SvTrainModel(backend, head, fbank=fbank)
-        elif cfg.system == "ssl_frozen":
+        elif cfg.upstream == "frozen_teacher":
             featurizer = Featurizer(self.teacher.num_layers + 1, cfg.featurizer)
             backend = build_backend(cfg.backend, self.teacher.config.hidden_size, cfg.ecapa, cfg.mean_std)
             head = build_speaker_head(cfg.speaker_loss, backend.embedding_size, len(self.speakers), **head_kwargs)
             module = SvTrainModel(backend, head, featurizer=featurizer)
         else:
-            module = self._build_oskdft(head_kwargs, log)
+            module = self._build_student(head_kwargs, log)
         self.train_module = module
         return module
 
-    def _build_oskdft(self, head_kwargs: Dict[str, Any], log: logging.Logger) -> SvTrainModel:
+    def _build_student(self, head_kwargs: Dict[str, Any], log: logging.Logger) -> SvTrainModel:
         from ..models.students import TeacherInit, build_student, load_preset
 
         cfg = self.config
@@ -280,23 +294,26 @@ class SvTask:
             if not preset.heads:
                 raise ConfigError(f"config.heads_target_layers is set but student preset '{preset.name}' has no heads")
             preset.heads = {**preset.heads, "target_layers": list(cfg.heads_target_layers)}
-        student = build_student(preset, self.teacher, overrides=cfg.student_encoder)
+        overrides = dict(cfg.student_encoder)
+        if not cfg.adapters:
+            overrides["adapter_dim"] = 0
+        student = build_student(preset, self.teacher, overrides=overrides)
         encoder = student.encoder
-        if not encoder.config.adapter_dim:
-            log.warning("student preset '%s' has no adapters (adapter_dim 0): both branches run the same network",
-                        preset.name)
+        if cfg.adapters and not encoder.config.adapter_dim:
+            log.warning("student preset '%s' has no adapters (adapter_dim 0): both branches run the same network "
+                        "(adapters: false says so)", preset.name)
         if student.init_report is not None:
             log.info("student %s: %s", preset.name, student.init_report.summary())
         else:
             log.info("student %s: randomly initialised (student_init copies nothing from the teacher)", preset.name)
-        if [list(c) for c in encoder.config.conv_layers] != [list(c) for c in self.teacher.config.conv_layers]:
-            raise ConfigError(f"student preset '{preset.name}' has another CNN than the teacher, so their frames do "
-                              "not line up for distillation; use a preset with encoder_from_teacher: true")
+        if cfg.kd_terms:
+            check_frames_line_up(encoder.config.conv_layers, self.teacher.config.conv_layers,
+                                 f"student preset '{preset.name}'")
         head_targets = list(student.heads.config.target_layers) if student.heads is not None else []
         self.kd_terms = resolve_kd_terms(cfg.kd_terms, encoder.num_layers + 1, self.teacher.num_layers + 1,
-                                         head_targets)
-        self.teacher_layers = teacher_layers_needed(self.kd_terms)
-        used_keys = student_keys_needed(self.kd_terms)
+                                         head_targets) if cfg.kd_terms else []
+        self.teacher_layers = teacher_layers_needed(self.kd_terms) if self.kd_terms else []
+        used_keys = student_keys_needed(self.kd_terms) if self.kd_terms else []
         kd_layers = [k for k in used_keys if isinstance(k, int)]
         heads = student.heads if any(isinstance(k, str) for k in used_keys) else None
         if student.heads is not None and heads is None:
@@ -308,7 +325,8 @@ class SvTask:
         for term in self.kd_terms:
             decay = f", decaying over {term.linear_decay_epochs:g} epochs" if term.linear_decay_epochs else ""
             described.append(f"{term.name} ({term.kind}, weight {term.weight:g}{decay})")
-        log.info("distillation terms: %s; teacher layers %s", ", ".join(described), self.teacher_layers)
+        if described:
+            log.info("distillation terms: %s; teacher layers %s", ", ".join(described), self.teacher_layers)
         return SvTrainModel(backend, head, student=encoder, featurizer=featurizer, kd_heads=heads,
                             kd_student_layers=kd_layers)
 
@@ -326,13 +344,12 @@ class SvTask:
             groups.insert(0, {"name": "student", "params": student, "lr": cfg.lr * cfg.student_lr_scale})
             if adapters:
                 groups.insert(1, {"name": "adapters", "params": adapters, "lr": cfg.lr * cfg.adapter_lr_scale})
-        if cfg.lr_mode == "oskdft_paper":
-            floor, period = cfg.min_lr_ratio, cfg.cosine_restart_epochs
-            cosine = per_update(lambda e: cosine_restart_factor(e, period, floor), self.steps_per_epoch)
-            ramp = per_update(lambda e: kd_lr_factor(e, period, floor, cfg.kd_lr_ramp_epochs, cfg.kd_lr_decay),
-                              self.steps_per_epoch)
-            for group in groups:
-                group["schedule"] = ramp if group["name"] == "student" else cosine
+        for group in groups:
+            name = cfg.group_lr_schedules.get(group["name"])
+            if name is not None:
+                group["schedule"] = epoch_schedule(name, self.steps_per_epoch, period=cfg.cosine_restart_epochs,
+                                                   floor_ratio=cfg.min_lr_ratio, ramp_epochs=cfg.kd_lr_ramp_epochs,
+                                                   decay=cfg.kd_lr_decay)
         return [g for g in groups if g["params"]]
 
     def item_fields(self, data_dir: Path) -> Dict[str, Dict[str, int]]:
@@ -348,7 +365,7 @@ class SvTask:
         if unknown and self.context is not None:
             self.context.logger.info("%s: %d of %d utterances belong to speakers not in train_data; validation reports "
                                      "%s", data_dir, unknown, len(labels),
-                                     "distillation terms only" if self.config.system == "oskdft" else "no metric")
+                                     "distillation terms only" if self.config.kd_terms else "no metric")
         return {"speaker": labels}
 
     def item_extras(self, data_dir: Path) -> Optional[ItemExtras]:
@@ -363,23 +380,14 @@ class SvTask:
             return wavs
         return self.augmenter(wavs, lengths, self.generator).noisy
 
-    def _teacher_states(self, wavs: torch.Tensor, lengths: torch.Tensor, layers: Optional[List[int]]
-                        ) -> Tuple[List[Optional[torch.Tensor]], torch.Tensor]:
-        with torch.no_grad(), self.context.teacher_autocast():
-            out = self.teacher(wavs, lengths, output_layers=layers)
-        return out.hidden_states, out.lengths
+    def _teacher(self, wavs: torch.Tensor, lengths: torch.Tensor, layers: List[int],
+                 host_lengths: Optional[List[int]] = None) -> TeacherTargets:
+        return teacher_targets(self.teacher, wavs, lengths, layers, autocast=self.context.teacher_autocast,
+                               host_lengths=host_lengths)
 
-    def _kd_loss(self, predictions: Mapping[Union[int, str], torch.Tensor], teacher_states, teacher_frames,
+    def _kd_loss(self, predictions: Mapping[Union[int, str], torch.Tensor], targets: TeacherTargets,
                  epoch: Optional[int]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        frames = next(h for h in teacher_states if h is not None).shape[1]
-        aligned = {}
-        for key, value in predictions.items():
-            if value.shape[1] < frames:
-                raise ConfigError(f"student state {key!r} has {value.shape[1]} frames, the teacher {frames}; their "
-                                  "CNNs differ")
-            aligned[key] = value[:, :frames]
-        valid = torch.arange(frames, device=teacher_frames.device)[None, :] < teacher_frames[:, None]
-        return evaluate_terms(self.kd_terms, aligned, teacher_states, valid, epoch=epoch)
+        return evaluate_terms(self.kd_terms, targets.align(predictions), targets.hidden, targets.valid(), epoch=epoch)
 
     def train_step(self, model: torch.nn.Module, batch: Mapping[str, Any], step: int) -> StepOutput:
         if batch["wavs"].shape[0] > 1:
@@ -396,21 +404,22 @@ class SvTask:
                 module.train()
 
     def _train_step(self, model: torch.nn.Module, batch: Mapping[str, Any], step: int) -> StepOutput:
-        cfg = self.config
         wavs, lengths, labels = batch["wavs"], batch["lengths"], batch["speaker"]
+        host_lengths = batch.get("host_lengths")
         epoch = epoch_of_update(step, self.steps_per_epoch)
         student_wavs = self._corrupt(wavs, lengths)
         terms: Dict[str, torch.Tensor] = {}
-        if cfg.system == "fbank":
+        if self.config.upstream == "frozen_teacher":
+            upstream = self._teacher(student_wavs, lengths, self.train_module.featurizer.selected_layers, host_lengths)
+            out = model(None, None, labels, upstream_states=upstream.hidden, upstream_frames=upstream.frame_lengths)
+            loss = out.speaker.loss
+        elif not self.kd_terms:
             out = model(student_wavs, lengths, labels)
             loss = out.speaker.loss
-        elif cfg.system == "ssl_frozen":
-            states, frames = self._teacher_states(student_wavs, lengths, self.train_module.featurizer.selected_layers)
-            out = model(None, None, labels, upstream_states=states, upstream_frames=frames)
-            loss = out.speaker.loss
         else:
+            kd_host_lengths = None
             if self.kd_source is None:
-                kd_clean, kd_lengths, kd_student = wavs, lengths, student_wavs
+                kd_clean, kd_lengths, kd_student, kd_host_lengths = wavs, lengths, student_wavs, host_lengths
             else:
                 if "kd_wav" not in batch:
                     raise SvDataError("kd_input separate: the batch has no kd_wav; the training dataset must be built "
@@ -420,9 +429,9 @@ class SvTask:
                         self.context.logger.warning("distillation input skipped: %s", note)
                 kd_clean, kd_lengths = batch["kd_wav"], batch["kd_wav_lengths"]
                 kd_student = self._corrupt(kd_clean, kd_lengths)
-            teacher_states, teacher_frames = self._teacher_states(kd_clean, kd_lengths, self.teacher_layers)
+            targets = self._teacher(kd_clean, kd_lengths, self.teacher_layers, kd_host_lengths)
             out = model(student_wavs, lengths, labels, kd_wavs=kd_student, kd_lengths=kd_lengths)
-            kd_total, kd_values = self._kd_loss(out.kd_predictions, teacher_states, teacher_frames, epoch)
+            kd_total, kd_values = self._kd_loss(out.kd_predictions, targets, epoch)
             loss = kd_total + out.speaker.loss
             terms.update(kd_values)
             for term in self.kd_terms:
@@ -435,20 +444,21 @@ class SvTask:
     def valid_step(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Dict[str, Union[float, torch.Tensor]]:
         cfg = self.config
         wavs, lengths, labels = batch["wavs"], batch["lengths"], batch["speaker"]
+        host_lengths = batch.get("host_lengths")
         labelled = self.labelled_dirs.get(str(Path(cfg.valid_data).resolve()), False) if cfg.valid_data else False
         metrics: Dict[str, Union[float, torch.Tensor]] = {}
-        if cfg.system == "oskdft":
-            teacher_states, teacher_frames = self._teacher_states(wavs, lengths, self.teacher_layers)
+        if self.kd_terms:
+            targets = self._teacher(wavs, lengths, self.teacher_layers, host_lengths)
             out = model(wavs if labelled else None, lengths if labelled else None, labels if labelled else None,
                         kd_wavs=wavs, kd_lengths=lengths)
-            _, values = self._kd_loss(out.kd_predictions, teacher_states, teacher_frames, epoch=1)
+            _, values = self._kd_loss(out.kd_predictions, targets, epoch=1)
             metrics.update(values)
         elif labelled:
-            if cfg.system == "fbank":
-                out = model(wavs, lengths, labels)
+            if cfg.upstream == "frozen_teacher":
+                upstream = self._teacher(wavs, lengths, self.train_module.featurizer.selected_layers, host_lengths)
+                out = model(None, None, labels, upstream_states=upstream.hidden, upstream_frames=upstream.frame_lengths)
             else:
-                states, frames = self._teacher_states(wavs, lengths, self.train_module.featurizer.selected_layers)
-                out = model(None, None, labels, upstream_states=states, upstream_frames=frames)
+                out = model(wavs, lengths, labels)
         if labelled:
             metrics["speaker_loss"] = out.speaker.loss
             metrics["accuracy"] = out.speaker.accuracy
@@ -471,8 +481,8 @@ class SvTask:
     def export(self, model: torch.nn.Module, output_dir: Path) -> None:
         cfg = self.config
         info = {"speakers": len(self.speakers), "train_data": str(cfg.train_data), "teacher": cfg.teacher,
-                "student": cfg.student if cfg.system == "oskdft" else None,
-                "student_init": cfg.student_init if cfg.system == "oskdft" else None, "backend": cfg.backend,
+                "student": cfg.student if cfg.upstream == "student" else None,
+                "student_init": cfg.student_init if cfg.upstream == "student" else None, "backend": cfg.backend,
                 "speaker_loss": cfg.speaker_loss}
         embedder = self.embedder(model)
         upstream_params = sum(p.numel() for p in embedder.upstream.parameters()) if embedder.upstream else 0

@@ -1,5 +1,18 @@
 """AdamW over a task's parameter groups, learning-rate schedules, s3prl-style weight-decay grouping.
 
+Schedules. ``lr_schedule`` (linear / cosine / constant after a warmup) counts updates. The epoch
+schedules (:data:`EPOCH_SCHEDULES`) change the lr once per epoch, as recipes that step a torch
+scheduler after every pass over the data do; a task that knows its updates per epoch gives them to
+a parameter group as its ``schedule`` (:func:`epoch_schedule`). Update ``u`` (0-based) belongs to
+the 1-based epoch ``e(u) = 1 + u // steps_per_epoch``, and the lr is constant inside an epoch:
+
+* ``cosine_restarts``: cosine annealing with warm restarts every ``period`` epochs (SGDR, torch's
+  ``CosineAnnealingWarmRestarts`` with ``T_mult = 1`` stepped per epoch):
+  ``floor + (1 - floor) * (1 + cos(pi * t / period)) / 2`` with ``t = (e - 1) mod period``;
+* ``ramp_decay``: ``cosine_restarts`` times ``e / R`` for ``e < R`` (R = ``ramp_epochs``), then a
+  factor ``decay`` per epoch from the last ramp value: ``c(R-1) * (R-1)/R * decay^(e-R+1)`` (the
+  student lr of the OS-KDFT code, specs/methods/06_os_kdft.md §2).
+
 Gradient ascent (negative learning rate). ``torch.optim.AdamW`` refuses ``lr < 0``, but DPHuBERT
 trains its Lagrange multipliers with lr = -0.02 (min over the model, max over the multipliers).
 For such a group the optimizer holds ``|lr|`` and the trainer negates the group's gradients just
@@ -40,6 +53,50 @@ def lr_multiplier(update: int, *, schedule: str, warmup_steps: int, max_steps: i
     else:
         raise ConfigError(f"config.lr_schedule: '{schedule}' is not one of linear, cosine, constant")
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+EPOCH_SCHEDULES = ("cosine_restarts", "ramp_decay")
+
+
+def epoch_of_update(update: int, steps_per_epoch: int) -> int:
+    """1-based epoch of the ``update``-th optimizer update (0-based)."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    return 1 + int(update) // int(steps_per_epoch)
+
+
+def cosine_restart_factor(epoch: int, period: int, floor_ratio: float) -> float:
+    """``cosine_restarts`` at the 1-based ``epoch``, as a factor of the peak lr."""
+    position = (epoch - 1) % period
+    return floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + math.cos(math.pi * position / period))
+
+
+def ramp_decay_factor(epoch: int, period: int, floor_ratio: float, ramp_epochs: int, decay: float) -> float:
+    """``ramp_decay`` at the 1-based ``epoch``, as a factor of the peak lr."""
+    if epoch < ramp_epochs:
+        return cosine_restart_factor(epoch, period, floor_ratio) * epoch / ramp_epochs
+    last_ramp = ramp_epochs - 1
+    start = cosine_restart_factor(last_ramp, period, floor_ratio) * last_ramp / ramp_epochs
+    return start * decay ** (epoch - last_ramp)
+
+
+def epoch_schedule(name: str, steps_per_epoch: int, *, period: int, floor_ratio: float, ramp_epochs: int = 10,
+                   decay: float = 0.93) -> Callable[[int], float]:
+    """The epoch schedule ``name`` (:data:`EPOCH_SCHEDULES`) as the ``update -> lr factor`` function a
+    parameter group's ``schedule`` takes. A plain function, not an object, so LambdaLR stores
+    nothing of it in checkpoints."""
+    if name == "cosine_restarts":
+        def factor(epoch: int) -> float:
+            return cosine_restart_factor(epoch, period, floor_ratio)
+    elif name == "ramp_decay":
+        def factor(epoch: int) -> float:
+            return ramp_decay_factor(epoch, period, floor_ratio, ramp_epochs, decay)
+    else:
+        raise ConfigError(f"epoch schedule '{name}' is not one of {', '.join(EPOCH_SCHEDULES)}")
+
+    def schedule(update: int) -> float:
+        return factor(epoch_of_update(update, steps_per_epoch))
+    return schedule
 
 
 def _config_schedule(config: TrainerConfig) -> Callable[[int], float]:
