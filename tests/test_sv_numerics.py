@@ -94,53 +94,49 @@ def train_preset(files, out, name):
 
 REFERENCE = {
     "ecapa_fbank": {
-        "update1/loss": 16.98284912109375, "update1/accuracy": 0.0, "update1/speaker_loss": 16.98284912109375,
-        "update1/lr/backend": 0.001, "update2/loss": 19.023332595825195, "update2/accuracy": 0.0,
-        "update2/speaker_loss": 19.023332595825195, "update2/lr/backend": 0.0009997557473810372,
-        "update3/loss": 12.928007125854492, "update3/accuracy": 0.5, "update3/speaker_loss": 12.928007125854492,
-        "update3/lr/backend": 0.0009990232305719944, "valid/accuracy": 0.5, "valid/speaker_loss": 8.587011337280273,
-        "valid/num_utts": 4, "backend.safetensors/sum": 475.3241579129117,
-        "backend.safetensors/sum_of_squares": 643.9859744376287,
+        "backend.safetensors/sum": 475.3241579129117, "backend.safetensors/sum_of_squares": 643.9859744376287,
+        "update1/accuracy": 0.0, "update1/loss": 16.98284912109375, "update1/lr/backend": 0.001, "update1/speaker_loss":
+        16.98284912109375, "update2/accuracy": 0.0, "update2/loss": 19.023332595825195, "update2/lr/backend":
+        0.0009997557473810372, "update2/speaker_loss": 19.023332595825195, "update3/accuracy": 0.5, "update3/loss":
+        12.928007125854492, "update3/lr/backend": 0.0009990232305719944, "update3/speaker_loss": 12.928007125854492,
+        "valid/accuracy": 0.5, "valid/num_utts": 4, "valid/speaker_loss": 8.587011337280273,
     },
     "oskdft_2024": {
-        "update1/loss": 5.998561859130859, "update1/accuracy": 0.5, "update1/kd_cos": 2.1735727787017822,
-        "update1/kd_l1": 2.449378490447998, "update1/speaker_loss": 1.375610113143921, "update1/lr/student": 5e-05,
-        "update1/lr/adapters": 5e-05, "update1/lr/backend": 5e-05, "update2/loss": 6.056474685668945,
-        "update2/accuracy": 0.0, "update2/kd_cos": 2.1840384006500244, "update2/kd_l1": 2.4404304027557373,
-        "update2/speaker_loss": 1.4320058822631836, "update2/lr/student": 5e-05, "update2/lr/adapters": 5e-05,
-        "update2/lr/backend": 5e-05, "update3/loss": 5.882747650146484, "update3/accuracy": 0.5,
-        "update3/kd_cos": 2.140845775604248, "update3/kd_l1": 2.440871000289917,
-        "update3/speaker_loss": 1.3010308742523193, "update3/lr/student": 5e-05, "update3/lr/adapters": 5e-05,
-        "update3/lr/backend": 5e-05, "valid/accuracy": 0.25, "valid/kd_cos": 2.1709108352661133,
-        "valid/kd_l1": 2.4215331077575684, "valid/speaker_loss": 1.350210428237915, "valid/num_utts": 4,
-        "backend.safetensors/sum": 24.060622848403, "backend.safetensors/sum_of_squares": 31.422356095913695,
-        "upstream/model.safetensors/sum": 206.52516735735514,
-        "upstream/model.safetensors/sum_of_squares": 1033.2870243828713,
+        "backend.safetensors/sum": 25.321078843611758, "backend.safetensors/sum_of_squares": 31.604847353472415,
+        "update1/accuracy": 0.5, "update1/kd_cos": 2.139509439468384, "update1/kd_l1": 2.438288450241089,
+        "update1/loss": 5.797881126403809, "update1/lr/adapters": 5e-05, "update1/lr/backend": 5e-05,
+        "update1/lr/student": 5e-05, "update1/speaker_loss": 1.2200829982757568, "update2/accuracy": 0.5,
+        "update2/kd_cos": 2.110098123550415, "update2/kd_l1": 2.4124960899353027, "update2/loss": 5.840750694274902,
+        "update2/lr/adapters": 5e-05, "update2/lr/backend": 5e-05, "update2/lr/student": 5e-05, "update2/speaker_loss":
+        1.3181562423706055, "update3/accuracy": 0.5, "update3/kd_cos": 2.1387619972229004, "update3/kd_l1":
+        2.4356255531311035, "update3/loss": 5.809338569641113, "update3/lr/adapters": 5e-05, "update3/lr/backend":
+        5e-05, "update3/lr/student": 5e-05, "update3/speaker_loss": 1.2349510192871094,
+        "upstream/model.safetensors/sum": 229.84906625499343, "upstream/model.safetensors/sum_of_squares":
+        990.6454753299362, "valid/accuracy": 0.0, "valid/kd_cos": 2.1489977836608887, "valid/kd_l1": 2.4141845703125,
+        "valid/num_utts": 4, "valid/speaker_loss": 1.4909720420837402,
     },
     "oskdft_paper": {
-        "update1/loss": 103.91332244873047, "update1/accuracy": 0.0, "update1/kd_mse": 0.9020377397537231,
-        "update1/kd_mse_weight": 99.0, "update1/speaker_loss": 14.61158561706543, "update1/lr/student": 1e-05,
-        "update1/lr/adapters": 0.001, "update1/lr/backend": 0.0001, "update2/loss": 108.85676574707031,
-        "update2/accuracy": 0.0, "update2/kd_mse": 0.9658169150352478, "update2/kd_mse_weight": 98.0,
-        "update2/speaker_loss": 14.20671272277832, "update2/lr/student": 1.9995114947620745e-05,
-        "update2/lr/adapters": 0.0009997557473810372, "update2/lr/backend": 9.997557473810371e-05,
-        "update3/loss": 114.57283020019531, "update3/accuracy": 0.25, "update3/kd_mse": 0.977321445941925,
-        "update3/kd_mse_weight": 97.0, "update3/speaker_loss": 19.77264976501465,
-        "update3/lr/student": 2.9970696917159828e-05, "update3/lr/adapters": 0.0009990232305719944,
-        "update3/lr/backend": 9.990232305719945e-05, "valid/accuracy": 0.0, "valid/kd_mse": 5.9580688684945926e-05,
-        "valid/speaker_loss": 19.521175384521484, "valid/num_utts": 4, "backend.safetensors/sum": 473.94747716378424,
-        "backend.safetensors/sum_of_squares": 639.2401743885923, "upstream/model.safetensors/sum": 446.67576499553047,
-        "upstream/model.safetensors/sum_of_squares": 1486.240587011479,
+        "backend.safetensors/sum": 484.68195327943795, "backend.safetensors/sum_of_squares": 641.4134762315875,
+        "update1/accuracy": 0.0, "update1/kd_mse": 1.2549734115600586, "update1/kd_mse_weight": 99.0, "update1/loss":
+        137.82179260253906, "update1/lr/adapters": 0.001, "update1/lr/backend": 0.0001, "update1/lr/student": 1e-05,
+        "update1/speaker_loss": 13.579419136047363, "update2/accuracy": 0.25, "update2/kd_mse": 1.2910423278808594,
+        "update2/kd_mse_weight": 98.0, "update2/loss": 143.5373077392578, "update2/lr/adapters": 0.0009997557473810372,
+        "update2/lr/backend": 9.997557473810371e-05, "update2/lr/student": 1.9995114947620745e-05,
+        "update2/speaker_loss": 17.015153884887695, "update3/accuracy": 0.25, "update3/kd_mse": 1.2857023477554321,
+        "update3/kd_mse_weight": 97.0, "update3/loss": 137.05587768554688, "update3/lr/adapters": 0.0009990232305719944,
+        "update3/lr/backend": 9.990232305719945e-05, "update3/lr/student": 2.9970696917159828e-05,
+        "update3/speaker_loss": 12.342750549316406, "upstream/model.safetensors/sum": 478.63413883413364,
+        "upstream/model.safetensors/sum_of_squares": 1403.575862670704, "valid/accuracy": 0.5, "valid/kd_mse":
+        0.6377543210983276, "valid/num_utts": 4, "valid/speaker_loss": 8.577986717224121,
     },
     "ssl_frozen": {
-        "update1/loss": 16.3721866607666, "update1/accuracy": 0.0, "update1/speaker_loss": 16.3721866607666,
-        "update1/lr/backend": 0.0005, "update2/loss": 19.393753051757812, "update2/accuracy": 0.0,
-        "update2/speaker_loss": 19.393753051757812, "update2/lr/backend": 0.0004998778736905186,
-        "update3/loss": 9.149447441101074, "update3/accuracy": 0.5, "update3/speaker_loss": 9.149447441101074,
-        "update3/lr/backend": 0.0004995116152859972, "valid/accuracy": 0.25, "valid/speaker_loss": 13.06066608428955,
-        "valid/num_utts": 4, "backend.safetensors/sum": 455.21494456612345,
-        "backend.safetensors/sum_of_squares": 641.6941401022939, "upstream/model.safetensors/sum": 356.783169482866,
-        "upstream/model.safetensors/sum_of_squares": 1282.9729725274142,
+        "backend.safetensors/sum": 455.21494456612345, "backend.safetensors/sum_of_squares": 641.6941401022939,
+        "update1/accuracy": 0.0, "update1/loss": 16.3721866607666, "update1/lr/backend": 0.0005, "update1/speaker_loss":
+        16.3721866607666, "update2/accuracy": 0.0, "update2/loss": 19.393753051757812, "update2/lr/backend":
+        0.0004998778736905186, "update2/speaker_loss": 19.393753051757812, "update3/accuracy": 0.5, "update3/loss":
+        9.149447441101074, "update3/lr/backend": 0.0004995116152859972, "update3/speaker_loss": 9.149447441101074,
+        "upstream/model.safetensors/sum": 356.783169482866, "upstream/model.safetensors/sum_of_squares":
+        1282.9729725274142, "valid/accuracy": 0.25, "valid/num_utts": 4, "valid/speaker_loss": 13.06066608428955,
     },
 }
 
