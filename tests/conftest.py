@@ -54,13 +54,14 @@ RECIPES = ("librispeech/distill", "voxceleb/oskdft")
 
 
 def copy_recipes(root: Path) -> Path:
-    """``root/egs``: copies of both recipes without their data/exp/downloads/dump (the VoxCeleb one's
-    local/ links into the LibriSpeech one's), beside a link to the checkout's egs/TEMPLATE, so that
+    """``root/egs``: copies of both recipes without their data/exp/downloads/dump, beside links to the
+    checkout's egs/TEMPLATE and conf/, so that
     everything they write lands under ``root``. Returns ``root/egs``."""
     for name in RECIPES:
         shutil.copytree(REPO / "egs" / name, root / "egs" / name, symlinks=True,
                         ignore=shutil.ignore_patterns("data", "exp", "downloads", "dump"))
     (root / "egs" / "TEMPLATE").symlink_to(REPO / "egs" / "TEMPLATE")
+    (root / "conf").symlink_to(REPO / "conf")  # the method presets the recipe's conf/ links to
     return root / "egs"
 
 

@@ -1,7 +1,7 @@
 """Shared pieces of the distillation tests (tiny teachers, data, noise and RIR dirs, tasks built from
 the recipe's presets with tiny students), and the tests of the config layer.
 
-Every preset of ``egs/librispeech/distill/conf`` is used as written, except that the student is
+Every method preset (``conf/distill``, linked from ``egs/librispeech/distill/conf``) is used as written, except that the student is
 shrunk (``student_encoder``) to fit a tiny 12-layer teacher of width 64.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from speechdistill.models.encoder import Encoder  # noqa: E402
 from speechdistill.train.task import TrainContext  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PRESET_DIR = REPO / "egs" / "librispeech" / "distill" / "conf"
+PRESET_DIR = REPO / "conf" / "distill"
 TINY_CONV = [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2
 SLIM_CONV = [[16, 10, 5], [24, 1, 1]] + [[24, 3, 2]] * 4 + [[48, 1, 1]] + [[48, 2, 2]] * 2
 # Students shrunk to the tiny teacher (same CNN where the preset copies it from the teacher).

@@ -1,6 +1,6 @@
 """Our distillation step, exactly as the trainer runs it, for each method preset of the recipe.
 
-A method preset is ``egs/librispeech/distill/conf/<name>.yaml`` (a first-stage method: it names
+A method preset is ``conf/distill/<name>.yaml`` (a first-stage method: it names
 a student and loss terms). The step is built from it the way ``distill_train`` builds it --
 :class:`DistillTask` with its teacher, student, corruption, masking, heads and loss terms,
 AdamW from the trainer's ``build_optimizer`` -- on a teacher of the preset's architecture with
@@ -29,12 +29,13 @@ from ..models.config import architecture
 from ..models.encoder import Encoder
 from ..models.checkpoints import save_model
 from ..models.profiling import count_macs
-from ..models.students import REPO_ROOT, load_preset
+from ..distill.config import method_preset_dir
+from ..models.students import load_preset
 from ..train.optim import build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, step_with_multiplier
 from ..train.precision import autocast
 from ..train.task import TrainContext
 
-METHOD_DIR = REPO_ROOT / "egs" / "librispeech" / "distill" / "conf"
+METHOD_DIR = method_preset_dir()
 SAMPLE_RATE = 16000
 # The recipe distils RD-DPWavLM from WavLM Base+ (its YAML header); every other method's teacher
 # is its student preset's teacher_architecture.
@@ -120,7 +121,7 @@ class OurDistillStep:
     """One method preset's distillation update, built and run as the trainer does.
 
     Args:
-        method: method preset name (``egs/librispeech/distill/conf/<method>.yaml``).
+        method: method preset name (``conf/distill/<method>.yaml``).
         teacher_dir: model directory of the teacher.
         device: where everything runs.
         corruption_dirs: ``{"noise": dir, "rirs": dir}`` Kaldi data dirs for methods that corrupt

@@ -44,14 +44,14 @@ from ..models.checkpoints import save_model
 from ..models.config import architecture
 from ..models.encoder import Encoder
 from ..models.profiling import count_macs
-from ..models.students import REPO_ROOT
+from ..distill.config import method_preset_dir
 from ..train import REQUEUE_EXIT_CODE
 from ..train.task import TrainContext
 from ..train.trainer import Trainer
 from .measure import matmul_flops
 
 log = logging.getLogger("speechdistill.gpu_check")
-METHOD = REPO_ROOT / "egs" / "librispeech" / "distill" / "conf" / "distilhubert.yaml"
+METHOD = method_preset_dir() / "distilhubert.yaml"
 # "auto" is bf16 for student and teacher on a GPU with bf16 (fp32 on a CPU without fast bf16); "paper" is
 # DistilHuBERT's fp16 student and fp32 teacher (fp32 on a CPU, which would emulate fp16)
 PRECISIONS = {"paper": {"precision": "fp16", "teacher_precision": "fp32"},

@@ -1,6 +1,6 @@
 """``DistillConfig``: a distillation method as a composition of a few axes (DESIGN.md).
 
-One YAML file (``egs/librispeech/distill/conf/<method>.yaml``) holds the trainer keys of
+One YAML file (``conf/distill/<method>.yaml``, linked from ``egs/librispeech/distill/conf/``) holds the trainer keys of
 :class:`speechdistill.train.TrainerConfig` and the keys below, side by side; every key can be
 overridden on the command line as ``--key value`` (nested sections dotted: ``--masking.mask_prob 0.4``).
 
@@ -44,6 +44,14 @@ from ..losses import LossTerm, check_terms
 from ..losses.enhancement import ENHANCEMENT_LOSSES
 from ..train.config import TrainerConfig
 from ..models.masking import MaskingConfig
+from ..models.students import PACKAGE_ROOT, REPO_ROOT
+
+
+def method_preset_dir() -> Path:
+    """Where the method presets live: the checkout's ``conf/distill`` (the LibriSpeech recipe's ``conf/`` links
+    to them), else the copy packaged with the library."""
+    checkout = REPO_ROOT / "conf" / "distill"
+    return checkout if checkout.is_dir() else PACKAGE_ROOT / "conf" / "distill"
 
 HEAD_PREFIX = "head"
 

@@ -1,6 +1,6 @@
 """Demo versions of the method presets: the same method, sized to a small teacher and a short CPU run.
 
-The presets (``egs/librispeech/distill/conf/<method>.yaml``) describe students for HuBERT Base
+The presets (``conf/distill/<method>.yaml``) describe students for HuBERT Base
 sized teachers (768 wide, 512-channel CNN). With the demo teacher (12 layers, so every preset's
 teacher layers exist, but 128 wide with a 128-channel CNN) a preset keeps its composition
 (targets, loss terms, corruption, masking, pruning, layer sharing, attention reuse) and changes:
