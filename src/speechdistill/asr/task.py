@@ -29,7 +29,6 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 import torch
 
 from ..config import ConfigError
-from ..data.audio import SAMPLE_RATE
 from ..data.tables import DataDirError, format_error, read_table
 from ..downstream.asr import BiLstmCtcConfig, ctc_loss
 from ..downstream.ctc_decode import greedy_decode
@@ -39,7 +38,7 @@ from ..downstream.tokenizer import Tokenizer, load_tokenizer
 from ..metrics.wer import score as score_texts
 from ..train import StepOutput, TrainContext, TrainerConfig
 from .model import AsrModel, save_asr_model
-from .upstream import DumpedFeatures, FrozenUpstream, upstream_fingerprint
+from .upstream import ProbeFeatures, upstream_fingerprint
 
 ASR_MODEL_DIR = "asr_model"
 
@@ -122,9 +121,6 @@ class AsrTask:
 
     def __init__(self, config: AsrConfig) -> None:
         self.config = config
-        self.upstream: Optional[FrozenUpstream] = None
-        self.train_dump: Optional[DumpedFeatures] = None
-        self.valid_dump: Optional[DumpedFeatures] = None
         self._tokenizer: Optional[Tokenizer] = None
 
     # ------------------------------------------------------------------ setup
@@ -138,29 +134,14 @@ class AsrTask:
         config, log = self.config, context.logger
         self.context = context
         self.fingerprint = upstream_fingerprint(config.upstream)
-        if config.train_features:
-            self.train_dump = DumpedFeatures(config.train_features)
-            self.train_dump.check_upstream(config.upstream)
-        if config.valid_features:
-            self.valid_dump = DumpedFeatures(config.valid_features)
-            self.valid_dump.check_upstream(config.upstream)
-        needs_upstream = self.train_dump is None or (config.valid_data and self.valid_dump is None)
-        if needs_upstream:
-            self.upstream = FrozenUpstream(config.upstream, context.device)
-            self.num_hidden_states, self.hidden_size = self.upstream.num_hidden_states, self.upstream.hidden_size
-            if config.min_seconds * SAMPLE_RATE < self.upstream.min_samples:
-                raise ConfigError(f"config.min_seconds: {config.min_seconds} s is shorter than the upstream's "
-                                  f"receptive field ({self.upstream.min_samples} samples); raise it to at least "
-                                  f"{self.upstream.min_samples / SAMPLE_RATE:.3f}")
-        else:
-            self.num_hidden_states, self.hidden_size = self.train_dump.num_hidden_states, self.train_dump.hidden_size
+        self.features = ProbeFeatures(config.upstream, context.device, train_features=config.train_features,
+                                      valid_features=config.valid_features, has_valid=bool(config.valid_data),
+                                      min_seconds=config.min_seconds)
+        self.num_hidden_states, self.hidden_size = self.features.num_hidden_states, self.features.hidden_size
         self.layers = Featurizer(self.num_hidden_states, config.featurizer).selected_layers
-        for dump in (self.train_dump, self.valid_dump):
-            if dump is not None:
-                dump.check_layers(self.layers)
+        self.features.check_layers(self.layers)
         log.info("ASR upstream %s (%d hidden states of %d, %s); featurizer %s over hidden states %s; %s tokens: %d "
-                 "(%s)", config.upstream, self.num_hidden_states, self.hidden_size,
-                 "features on the fly" if self.train_dump is None else f"train features from {config.train_features}",
+                 "(%s)", config.upstream, self.num_hidden_states, self.hidden_size, self.features.description,
                  config.featurizer.mode, self.layers, self.tokenizer.token_type, self.tokenizer.vocab_size,
                  config.token_dir)
 
@@ -189,14 +170,8 @@ class AsrTask:
                 "text": dict(texts)}
 
     # ------------------------------------------------------------------ steps
-    def _hidden_states(self, batch: Mapping[str, Any], dump: Optional[DumpedFeatures]):
-        if dump is not None:
-            return dump(batch["keys"], self.context.device)
-        return self.upstream(batch["wavs"], batch["lengths"], self.layers, self.context.teacher_autocast(),
-                             host_lengths=batch.get("host_lengths"))
-
-    def _loss(self, model: torch.nn.Module, batch: Mapping[str, Any], dump: Optional[DumpedFeatures]):
-        states, frame_lengths = self._hidden_states(batch, dump)
+    def _loss(self, model: torch.nn.Module, batch: Mapping[str, Any], training: bool):
+        states, frame_lengths = self.features(batch, training, self.context.teacher_autocast())
         log_probs, frame_lengths = model(states, frame_lengths)
         targets = batch["tokens"].clamp(min=0)  # collate pads with -1; CTC ignores past target_lengths
         target_lengths = batch["tokens_lengths"]
@@ -205,12 +180,12 @@ class AsrTask:
         return loss, infeasible, log_probs, frame_lengths
 
     def train_step(self, model: torch.nn.Module, batch: Mapping[str, Any], step: int) -> StepOutput:
-        loss, infeasible, _, _ = self._loss(model, batch, self.train_dump)
+        loss, infeasible, _, _ = self._loss(model, batch, True)
         return StepOutput(loss=loss, terms={"ctc": loss.detach(), "infeasible": infeasible},
                           count=len(batch["keys"]))
 
     def valid_step(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Dict[str, Union[float, torch.Tensor]]:
-        loss, infeasible, log_probs, frame_lengths = self._loss(model, batch, self.valid_dump)
+        loss, infeasible, log_probs, frame_lengths = self._loss(model, batch, False)
         hyps = [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, frame_lengths)]
         refs = dict(zip(batch["keys"], batch["text"]))
         hyp_map = dict(zip(batch["keys"], hyps))
