@@ -163,5 +163,6 @@ def prepare_phone_dir(data_dir: str, out_dir: str, *, lexicons: Sequence[str] = 
                      MARKER: (json.dumps({"settings": settings, "produced": summary}, indent=1, sort_keys=True)
                               + "\n").encode()}
     data.save(out)
-    return PrepResult(out, len(phones), len(dropped), 0.0,
+    samples = data.tables.get("utt2num_samples", {})
+    return PrepResult(out, len(phones), len(dropped), sum(int(v) for v in samples.values()) / 16000,
                       extra={"unknown words": f"{len(unknown)} ({sum(unknown.values())} of {total_words} tokens)"})
