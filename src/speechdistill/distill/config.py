@@ -36,9 +36,10 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
-from ..config import ConfigError
+from ..config import ConfigError, load_yaml
 from ..losses import LossTerm, check_terms
 from ..losses.enhancement import ENHANCEMENT_LOSSES
 from ..train.config import TrainerConfig
@@ -253,3 +254,27 @@ class DistillConfig(TrainerConfig):
         if not c.enabled and (c.noise_data or c.rir_data or c.overrides):
             raise ConfigError("config.corruption: noise_data/rir_data/overrides are set but corruption.preset is "
                               "null; name an augmentation preset (robustdistiller) or drop them")
+
+
+def config_chain(path: Union[str, Path]) -> List[Path]:
+    """``path`` and every config its ``next_stage`` keys lead to, in order (each next to ``path``).
+
+    Raises:
+        ConfigError: a config that does not exist, or a chain that comes back to a config it passed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: method config not found; pick one of conf/*.yaml (e.g. conf/distilhubert.yaml)")
+    chain = [path]
+    while True:
+        following = (load_yaml(chain[-1]) or {}).get("next_stage")
+        if not following:
+            return chain
+        current = path.parent / following
+        if not current.is_file():
+            raise ConfigError(f"{chain[-1]}: next_stage {following} not found next to it ({current}). Fix: put "
+                              f"{following} beside it or correct next_stage")
+        if current in chain:
+            raise ConfigError(f"{chain[-1]}: next_stage {following} leads back to a config of the chain "
+                              f"({' -> '.join(map(str, chain))})")
+        chain.append(current)
