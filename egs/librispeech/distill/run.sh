@@ -210,7 +210,7 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
             --stress "${pr_stress}" ${pr_lexicon:+--lexicon ${pr_lexicon}}
     done
     for i in "${!upstreams[@]}"; do
-        pool "${asr_nj}" ../../superb/probe/local/probe_task.sh --task pr --config "${pr_config}" \
+        pool "${asr_nj}" ../../superb/probe/local/probe_task.sh --task pr --probe_config "${pr_config}" \
             --upstream "${upstreams[i]}" --train data/pr_train --dev data/pr_dev --test data/pr_test \
             --exp "${asr_exps[i]%/*}/pr_$(basename "${asr_exps[i]}" | sed "s/^$(basename "${asr_config}" .yaml)_//")" \
             --probe_args "${pr_args}" --ngpu "$((ngpu > 0 ? 1 : 0))" --redo "${redo}"

@@ -77,7 +77,7 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     done
     for i in "${!upstreams[@]}"; do
         for task in "${task_list[@]}"; do
-            pool "${jobs_at_once}" local/probe_task.sh --task "${task}" --config "${conf_dir}/${task}.yaml" \
+            pool "${jobs_at_once}" local/probe_task.sh --task "${task}" --probe_config "${conf_dir}/${task}.yaml" \
                 --upstream "${upstreams[i]}" --train "data/${task}_train" --dev "data/${task}_dev" \
                 --test "data/${task}_test" --exp "${exp_dir}/${task}_${name_list[i]}" "${probe_opts[@]}"
         done

@@ -318,7 +318,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
         python -m speechdistill.bin.prep_superb sid --corpus-dir "${corpus}" --iden-split "${split_list}" \
             --split "${split}" --out "data/sid_${split}" --nj "${nj}"
     done
-    run_job ../../superb/probe/local/probe_task.sh --task sid --config "${sid_config}" --upstream "${sid_upstream}" \
+    run_job ../../superb/probe/local/probe_task.sh --task sid --probe_config "${sid_config}" --upstream "${sid_upstream}" \
         --train data/sid_train --dev data/sid_dev --test data/sid_test --exp "${sid_exp}" --probe_args "${sid_args}" \
         --ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" --redo "${redo}"
 fi

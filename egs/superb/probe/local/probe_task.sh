@@ -4,12 +4,12 @@
 # recipe's directory (its path.sh, cmd.sh and utils/). Skips training when <exp>/.done holds the same
 # settings (preset, arguments, upstream files, data); the score is recomputed only when missing or stale.
 #
-#   ../../superb/probe/local/probe_task.sh --task pr --config conf/pr.yaml --upstream exp/x/student \
+#   ../../superb/probe/local/probe_task.sh --task pr --probe_config conf/pr.yaml --upstream exp/x/student \
 #       --train data/pr_train --dev data/pr_dev --test data/pr_test --exp exp/pr_student
 set -euo pipefail
 
 task=
-config=
+probe_config=
 upstream=
 train=
 dev=
@@ -26,10 +26,10 @@ redo=false
 . utils/parse_options.sh
 . utils/recipe.sh
 
-for variable in task config upstream train dev test exp; do
+for variable in task probe_config upstream train dev test exp; do
     [ -n "${!variable}" ] || { log "error: --${variable} is required"; exit 1; }
 done
-[ -f "${config}" ] || { log "error: --config ${config} not found"; exit 1; }
+[ -f "${probe_config}" ] || { log "error: --probe_config ${probe_config} not found"; exit 1; }
 [ -e "${upstream}" ] || { log "error: upstream ${upstream} not found. Fix: pass an existing model dir or checkpoint"
     exit 1; }
 for data in "${train}" "${dev}" "${test}"; do
@@ -38,7 +38,7 @@ for data in "${train}" "${dev}" "${test}"; do
 done
 device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
 gpu=$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)
-settings="task=${task} config=${config} $(md5sum < "${config}" | cut -d' ' -f1) args=${probe_args} dump=${dump_features}
+settings="task=${task} config=${probe_config} $(md5sum < "${probe_config}" | cut -d' ' -f1) args=${probe_args} dump=${dump_features}
 upstream=${upstream} $(find -L "${upstream}" -type f ! -name '.*' -print0 | LC_ALL=C sort -z | xargs -0 cat | md5sum | cut -d' ' -f1)
 data=$(cat "${train}/utt2num_samples" "${dev}/utt2num_samples" | md5sum | cut -d' ' -f1)"
 if up_to_date "${exp}/.done" "${settings}" "${exp}/probe_model/model.safetensors"; then
@@ -57,7 +57,7 @@ else
     log "${task} probe on ${upstream} -> ${exp} (log: ${exp}/log/probe_train.log; a rerun resumes)"
     # shellcheck disable=SC2086  # probe_args is split into words
     run_job utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${gpu}" "${exp}/log/probe_train.log" \
-        python -m speechdistill.bin.probe_train --config "${config}" --task "${task}" --train-data "${train}" \
+        python -m speechdistill.bin.probe_train --config "${probe_config}" --task "${task}" --train-data "${train}" \
         --valid-data "${dev}" --upstream "${upstream}" --output-dir "${exp}" --device "${device}" \
         --threads "${threads}" "${feature_opts[@]}" ${probe_args}
     echo "${settings}" > "${exp}/.done"
