@@ -58,38 +58,52 @@ def _superb_downstream() -> BiLstmCtcConfig:
 
 
 @dataclass
-class AsrConfig(TrainerConfig):
-    """Trainer keys plus the ASR probe's; defaults follow SUPERB's ASR task (conventions §5.1)."""
+class SuperbProbeConfig(TrainerConfig):
+    """What every probe of a frozen upstream shares (the ASR probe, speechdistill.probe's PR/KS/IC/SID): the
+    upstream, the featurizer, optional feature dumps, and the trainer defaults of SUPERB's downstream recipes
+    (Adam with torch's betas, constant lr 1e-4, gradient clip 1, 200k updates)."""
 
     upstream: str = _opt("", "frozen upstream: any model dir or checkpoint load_model reads (the student of "
                              "the distillation stage, an imported teacher)")
-    token_dir: str = _opt("", "token list dir written by asr_tokenizer (tokens.txt, plus bpe.model for bpe)")
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig, metadata={
         "help": "mode weighted_sum (SUPERB: softmax-weighted sum of layers, all by default) or single (one layer); "
                 "e.g. --featurizer.mode single --featurizer.layer 4"})
-    downstream: BiLstmCtcConfig = field(default_factory=_superb_downstream, metadata={
-        "help": "BiLSTM-CTC sizes: hidden_size per direction, num_layers, projection_size (null = none), dropout, "
-                "spec_augment (null = off), e.g. --downstream.hidden_size 256"})
     train_features: Optional[str] = _opt(None, "dump of train_data's hidden states (dump_features); null = run "
                                                "the upstream on the fly")
     valid_features: Optional[str] = _opt(None, "dump of valid_data's hidden states; null = on the fly")
-    # Trainer keys whose defaults differ for the probe (SUPERB: Adam lr 1e-4, clip 1, 32 utterances).
-    max_seconds: Optional[float] = _opt(None, "must stay null: CTC needs whole utterances with their transcripts")
-    batch_seconds: float = _opt(400.0, "seconds of padded audio per batch (SUPERB: 32 utterances of ~12 s)")
-    min_seconds: float = _opt(0.5, "shorter utterances are skipped and listed in skipped_utts.txt")
+    max_seconds: Optional[float] = _opt(None, "random training crop in seconds; null = whole utterances")
     lr: float = _opt(1e-4, "Adam learning rate (SUPERB: 1e-4)")
     lr_schedule: Literal["linear", "cosine", "constant"] = _opt("constant", "SUPERB keeps the learning rate constant")
     adam_betas: Tuple[float, float] = _opt((0.9, 0.999), "Adam betas (torch defaults, as SUPERB)")
     adam_eps: float = _opt(1e-8, "Adam epsilon")
     grad_clip: float = _opt(1.0, "gradient norm clip (SUPERB: 1)")
     max_steps: int = _opt(200000, "updates (SUPERB: 200k)")
-    valid_every: int = _opt(2000, "validate every this many updates (SUPERB: 2000)")
 
     def validate(self) -> None:
         super().validate()
         if not self.upstream:
             raise ConfigError("config.upstream: no upstream given; pass --upstream DIR (a student dir such as "
                               "exp/distill_<config>/student, or any model load_model reads)")
+        if self.valid_features and not self.valid_data:
+            raise ConfigError("config.valid_features is set but valid_data is not; give --valid-data too")
+
+
+@dataclass
+class AsrConfig(SuperbProbeConfig):
+    """Trainer keys plus the ASR probe's; defaults follow SUPERB's ASR task (conventions §5.1)."""
+
+    token_dir: str = _opt("", "token list dir written by asr_tokenizer (tokens.txt, plus bpe.model for bpe)")
+    downstream: BiLstmCtcConfig = field(default_factory=_superb_downstream, metadata={
+        "help": "BiLSTM-CTC sizes: hidden_size per direction, num_layers, projection_size (null = none), dropout, "
+                "spec_augment (null = off), e.g. --downstream.hidden_size 256"})
+    # Trainer keys whose defaults differ for the ASR probe (SUPERB: 32 utterances, validation every 2000).
+    max_seconds: Optional[float] = _opt(None, "must stay null: CTC needs whole utterances with their transcripts")
+    batch_seconds: float = _opt(400.0, "seconds of padded audio per batch (SUPERB: 32 utterances of ~12 s)")
+    min_seconds: float = _opt(0.5, "shorter utterances are skipped and listed in skipped_utts.txt")
+    valid_every: int = _opt(2000, "validate every this many updates (SUPERB: 2000)")
+
+    def validate(self) -> None:
+        super().validate()
         if not self.token_dir:
             raise ConfigError("config.token_dir: no token list given; pass --token-dir DIR written by "
                               "python -m speechdistill.bin.asr_tokenizer")
@@ -97,8 +111,6 @@ class AsrConfig(TrainerConfig):
             raise ConfigError(f"config.max_seconds: {self.max_seconds} would crop utterances and cut their "
                               "transcripts apart; ASR trains on whole utterances. Fix: set it to null and bound "
                               "batches with batch_seconds")
-        if self.valid_features and not self.valid_data:
-            raise ConfigError("config.valid_features is set but valid_data is not; give --valid-data too")
 
 
 def ctc_infeasible(frame_lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:

@@ -22,9 +22,8 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set
 
-import numpy as np
 import soundfile
 
 from ..data.audio import SAMPLE_RATE

@@ -11,7 +11,7 @@ import datetime
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from ..data.tables import atomic_write_text
 from .evaluate import SCORE, read_score

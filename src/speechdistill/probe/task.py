@@ -21,19 +21,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
+from ..asr.task import SuperbProbeConfig
 from ..asr.upstream import ProbeFeatures, upstream_fingerprint
 from ..config import ConfigError
 from ..data.tables import DataDirError, read_table
 from ..downstream.asr import ctc_loss
-from ..downstream.featurizer import Featurizer, FeaturizerConfig
+from ..downstream.featurizer import Featurizer
 from ..downstream.probe_heads import ProbeHeadConfig
 from ..metrics.wer import score as score_texts
-from ..train import StepOutput, TrainContext, TrainerConfig
+from ..train import StepOutput, TrainContext
 from .model import MODEL_DIR, ProbeModel, save_probe_model
 from .tasks import TASKS, LabelSet, read_targets, task_spec
 
@@ -45,42 +46,24 @@ def _opt(default: Any, help: str) -> Any:  # noqa: A002 - the trainer config's w
 
 
 @dataclass
-class ProbeConfig(TrainerConfig):
-    """Trainer keys plus the probe's. Defaults are SUPERB's shared ones (Adam, constant lr, clip 1, 200k
+class ProbeConfig(SuperbProbeConfig):
+    """Trainer keys plus the probe's. Defaults are SUPERB's shared ones (Adam, constant lr 1e-4, clip 1, 200k
     updates, 32 utterances); each task's preset (egs/superb/probe/conf/<task>.yaml) sets its own."""
 
     task: Literal["pr", "ks", "ic", "sid"] = _opt("ks", f"probe task: {', '.join(TASKS)}")
-    upstream: str = _opt("", "frozen upstream: any model dir or checkpoint load_model reads")
-    featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig, metadata={
-        "help": "mode weighted_sum (SUPERB: softmax-weighted sum of every hidden state) or single"})
     head: ProbeHeadConfig = field(default_factory=ProbeHeadConfig, metadata={
         "help": "projector_dim (SUPERB: 256) and pooling (mean) of the task head"})
     class_balance: bool = _opt(False, "weigh classes as a class-balanced sampler would (SUPERB KS)")
-    train_features: Optional[str] = _opt(None, "dump of train_data's hidden states (dump_features); whole "
-                                               "utterances, so max_seconds must be null; null = on the fly")
-    valid_features: Optional[str] = _opt(None, "dump of valid_data's hidden states; null = on the fly")
-    max_seconds: Optional[float] = _opt(None, "random training crop in seconds (SUPERB SID: 8); null = whole")
     batch_seconds: float = _opt(400.0, "seconds of padded audio per batch")
     max_batch_size: Optional[int] = _opt(32, "utterances per batch (SUPERB: 32 per update)")
     min_seconds: float = _opt(0.1, "shorter utterances are skipped and listed in skipped_utts.txt")
-    lr: float = _opt(1e-4, "Adam learning rate (SUPERB: 1e-4; PR 1e-2; SID 1e-1, see docs/superb.md)")
-    lr_schedule: Literal["linear", "cosine", "constant"] = _opt("constant", "SUPERB keeps the lr constant")
-    adam_betas: Tuple[float, float] = _opt((0.9, 0.999), "Adam betas (torch defaults, as SUPERB)")
-    adam_eps: float = _opt(1e-8, "Adam epsilon")
-    grad_clip: float = _opt(1.0, "gradient norm clip (SUPERB: 1)")
-    max_steps: int = _opt(200000, "updates (SUPERB: 200k; PR 100k)")
     valid_every: int = _opt(4000, "validate every this many updates (SUPERB: 4000)")
 
     def validate(self) -> None:
         super().validate()
-        if not self.upstream:
-            raise ConfigError("config.upstream: no upstream given; pass --upstream DIR (a student dir such as "
-                              "exp/distill_<config>/student, a teacher, or any model load_model reads)")
         if self.train_features and self.max_seconds is not None:
             raise ConfigError(f"config.max_seconds: {self.max_seconds} crops the audio, but train_features holds "
                               "whole utterances. Fix: set max_seconds to null, or train on the fly")
-        if self.valid_features and not self.valid_data:
-            raise ConfigError("config.valid_features is set but valid_data is not; give --valid-data too")
         if self.task == "pr" and self.max_seconds is not None:
             raise ConfigError(f"config.max_seconds: {self.max_seconds} would cut utterances apart from their phone "
                               "transcripts; PR trains on whole utterances. Fix: set it to null")

@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..data.tables import DataDirError, format_error, read_table
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, Path]
 BLANK = "<blank>"
 # Speech Commands v1.0 as SUPERB's KS task uses it: 10 command words, every other word, background noise
 KS_CLASSES = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_", "_silence_")

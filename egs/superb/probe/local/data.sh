@@ -92,8 +92,10 @@ for task in ${tasks}; do
     esac
     kinds+=("${task}=${kind}")
 done
+# tasks prepared by earlier runs keep their lines
+kept=$(grep '^corpus_' data/.stage0.done 2> /dev/null | grep -v -E "^corpus_($(echo "${tasks}" | tr ' ' '|'))=" || true)
 content="# stage 0 of $(basename "$(pwd)"): the corpus of each task (sourceable)
-$(printf '%s\n' "${kinds[@]}" | sed 's/^\([a-z]*\)=/corpus_\1=/')"
+$({ [ -z "${kept}" ] || echo "${kept}"; printf 'corpus_%s\n' "${kinds[@]}"; } | sort)"
 if [ "$(cat data/.stage0.done 2> /dev/null)" != "${content}" ]; then
     echo "${content}" > data/.stage0.done.tmp && mv data/.stage0.done.tmp data/.stage0.done
 fi
