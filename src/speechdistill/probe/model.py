@@ -9,7 +9,6 @@ Model directory ``<exp>/probe_model/`` (written whole or not at all)::
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
