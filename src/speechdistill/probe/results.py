@@ -123,7 +123,8 @@ def write_results(exp_dir: PathLike, out: PathLike, upstreams: Sequence[str] = (
     for index, upstream in enumerate(order):
         name = names[index] if index < len(names) else os.path.relpath(upstream)
         choice = published[index] if index < len(published) else "auto"
-        model = guess_published(upstream) if choice == "auto" else None if choice == "none" else choice
+        # recipes pass one word per upstream: HuBERT_Base names "HuBERT Base"
+        model = guess_published(upstream) if choice == "auto" else None if choice == "none" else choice.replace("_", " ")
         if model is not None and model not in PUBLISHED:
             raise ValueError(f"no published row for '{model}'; known: {', '.join(PUBLISHED)}, or auto / none")
         rows.append((name, upstream, model, found.get(upstream, {})))
