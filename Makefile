@@ -5,7 +5,7 @@ METHOD ?= distilhubert
 DEMO_ARGS ?=
 DEMO_SV_ARGS ?=
 
-.PHONY: install test check demo demo-sv
+.PHONY: install test check demo demo-sv demo-superb
 
 install:
 	tools/install.sh
@@ -33,3 +33,10 @@ demo: install
 # options, e.g. "--systems 'oskdft random_student'".
 demo-sv: install
 	cd egs/voxceleb/oskdft && local/demo.sh $(DEMO_SV_ARGS)
+
+# SUPERB-style probes of the demo's teacher, student and random student (egs/superb/probe/local/demo.sh): PR, KS,
+# IC and SID on the mini corpora; runs `make demo`'s stages 0-3 first when their outputs are missing. Results in
+# egs/superb/probe/exp/demo/RESULTS.md. DEMO_SUPERB_ARGS: more local/demo.sh options, e.g. "--tasks 'ks sid'".
+DEMO_SUPERB_ARGS ?=
+demo-superb: install
+	cd egs/superb/probe && local/demo.sh $(DEMO_SUPERB_ARGS)

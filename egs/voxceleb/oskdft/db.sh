@@ -15,6 +15,9 @@
 # RIRS_NOISES   RIRS_NOISES/ (simulated_rirs/, real_rirs_isotropic_noises/) or the directory holding it
 VOXCELEB1=
 VOXCELEB2=
+# VOXCELEB1_IDEN_SPLIT: VoxCeleb1's iden_split.txt for the SID probe of stage 6 (default: ${VOXCELEB1}/iden_split.txt,
+# then ${VOXCELEB1}/meta/iden_split.txt)
+VOXCELEB1_IDEN_SPLIT=
 MUSAN=
 RIRS_NOISES=
 

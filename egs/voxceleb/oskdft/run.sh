@@ -10,6 +10,7 @@
 #   ./run.sh --stage 4 --stop_stage 5 --test_conditions "clean snr20 snr10 snr5 snr0 reverb babble"
 #                                            # the trials' enrolment and test audio corrupted (MUSAN, RIRs of
 #                                            # stage 1); RESULTS.md: an EER/minDCF pair per condition
+#   ./run.sh --stage 6 --stop_stage 6       # speaker identification (SUPERB SID) probe on the teacher or --sid_upstream
 #   local/demo.sh                            # `make demo-sv`: OS-KDFT vs a random student and baselines
 #
 # Corpora come from db.sh; empty VOXCELEB1 and VOXCELEB2 select the embedded mini VoxCeleb
@@ -52,6 +53,10 @@ subtract_mean=false               # stage 5: subtract the training set's mean em
 score_norm=none                   # stage 5: none, asnorm or snorm (cohort: per-speaker means of data/train)
 top_n=300                         # stage 5: cohort size kept by asnorm
 redo=false                        # true: redo stages 2-4 even where their markers say they are done
+# stage 6 (run it with --stop_stage 6): speaker identification, the SUPERB SID probe (egs/superb/probe)
+sid_upstream=                     # frozen upstream of the probe (default: the teacher of stage 2); any model dir
+sid_config=                       # default: ../../superb/probe/conf/sid.yaml (conf/demo/sid.yaml on the mini corpus)
+sid_args=                         # extra probe_train options, e.g. "--max_steps 2000"
 
 . ./path.sh
 . ./cmd.sh
@@ -128,6 +133,28 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         --test_conditions "${test_conditions}" --condition_seed "${condition_seed}" \
         --tta_segments "${tta_segments}" --segment_seconds "${segment_seconds}"
     log "stage 5 done: ${sv_exp}/RESULTS.md"
+fi
+
+if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+    . ./db.sh
+    if [ -z "${VOXCELEB1:-}" ]; then  # the mini VoxCeleb of stage 0 carries its own iden_split.txt
+        corpus=${mini_dir}/VoxCeleb1 split_list=${mini_dir}/VoxCeleb1/iden_split.txt
+        sid_config=${sid_config:-../../superb/probe/conf/demo/sid.yaml}
+    else
+        corpus=${VOXCELEB1} split_list=${VOXCELEB1_IDEN_SPLIT:-${VOXCELEB1}/iden_split.txt}
+        [ -f "${split_list}" ] || split_list=${VOXCELEB1}/meta/iden_split.txt
+        sid_config=${sid_config:-../../superb/probe/conf/sid.yaml}
+    fi
+    sid_upstream=${sid_upstream:-${teacher_dir}}
+    sid_exp=exp/sid_$(basename "${sid_upstream}")
+    log "stage 6: SID probe (${sid_config}) on ${sid_upstream}, VoxCeleb1 identification split -> ${sid_exp}"
+    for split in train dev test; do
+        python -m speechdistill.bin.prep_superb sid --corpus-dir "${corpus}" --iden-split "${split_list}" \
+            --split "${split}" --out "data/sid_${split}" --nj "${nj}"
+    done
+    run_job ../../superb/probe/local/probe_task.sh --task sid --probe_config "${sid_config}" --upstream "${sid_upstream}" \
+        --train data/sid_train --dev data/sid_dev --test data/sid_test --exp "${sid_exp}" --probe_args "${sid_args}" \
+        --ngpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" --redo "${redo}"
 fi
 
 log "done (stages ${stage}-${stop_stage})"

@@ -29,7 +29,6 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 import torch
 
 from ..config import ConfigError
-from ..data.audio import SAMPLE_RATE
 from ..data.tables import DataDirError, format_error, read_table
 from ..downstream.asr import BiLstmCtcConfig, ctc_loss
 from ..downstream.ctc_decode import greedy_decode
@@ -39,7 +38,7 @@ from ..downstream.tokenizer import Tokenizer, load_tokenizer
 from ..metrics.wer import score as score_texts
 from ..train import StepOutput, TrainContext, TrainerConfig
 from .model import AsrModel, save_asr_model
-from .upstream import DumpedFeatures, FrozenUpstream, upstream_fingerprint
+from .upstream import ProbeFeatures, upstream_fingerprint
 
 ASR_MODEL_DIR = "asr_model"
 
@@ -59,38 +58,52 @@ def _superb_downstream() -> BiLstmCtcConfig:
 
 
 @dataclass
-class AsrConfig(TrainerConfig):
-    """Trainer keys plus the ASR probe's; defaults follow SUPERB's ASR task (conventions §5.1)."""
+class SuperbProbeConfig(TrainerConfig):
+    """What every probe of a frozen upstream shares (the ASR probe, speechdistill.probe's PR/KS/IC/SID): the
+    upstream, the featurizer, optional feature dumps, and the trainer defaults of SUPERB's downstream recipes
+    (Adam with torch's betas, constant lr 1e-4, gradient clip 1, 200k updates)."""
 
     upstream: str = _opt("", "frozen upstream: any model dir or checkpoint load_model reads (the student of "
                              "the distillation stage, an imported teacher)")
-    token_dir: str = _opt("", "token list dir written by asr_tokenizer (tokens.txt, plus bpe.model for bpe)")
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig, metadata={
         "help": "mode weighted_sum (SUPERB: softmax-weighted sum of layers, all by default) or single (one layer); "
                 "e.g. --featurizer.mode single --featurizer.layer 4"})
-    downstream: BiLstmCtcConfig = field(default_factory=_superb_downstream, metadata={
-        "help": "BiLSTM-CTC sizes: hidden_size per direction, num_layers, projection_size (null = none), dropout, "
-                "spec_augment (null = off), e.g. --downstream.hidden_size 256"})
     train_features: Optional[str] = _opt(None, "dump of train_data's hidden states (dump_features); null = run "
                                                "the upstream on the fly")
     valid_features: Optional[str] = _opt(None, "dump of valid_data's hidden states; null = on the fly")
-    # Trainer keys whose defaults differ for the probe (SUPERB: Adam lr 1e-4, clip 1, 32 utterances).
-    max_seconds: Optional[float] = _opt(None, "must stay null: CTC needs whole utterances with their transcripts")
-    batch_seconds: float = _opt(400.0, "seconds of padded audio per batch (SUPERB: 32 utterances of ~12 s)")
-    min_seconds: float = _opt(0.5, "shorter utterances are skipped and listed in skipped_utts.txt")
+    max_seconds: Optional[float] = _opt(None, "random training crop in seconds; null = whole utterances")
     lr: float = _opt(1e-4, "Adam learning rate (SUPERB: 1e-4)")
     lr_schedule: Literal["linear", "cosine", "constant"] = _opt("constant", "SUPERB keeps the learning rate constant")
     adam_betas: Tuple[float, float] = _opt((0.9, 0.999), "Adam betas (torch defaults, as SUPERB)")
     adam_eps: float = _opt(1e-8, "Adam epsilon")
     grad_clip: float = _opt(1.0, "gradient norm clip (SUPERB: 1)")
     max_steps: int = _opt(200000, "updates (SUPERB: 200k)")
-    valid_every: int = _opt(2000, "validate every this many updates (SUPERB: 2000)")
 
     def validate(self) -> None:
         super().validate()
         if not self.upstream:
             raise ConfigError("config.upstream: no upstream given; pass --upstream DIR (a student dir such as "
                               "exp/distill_<config>/student, or any model load_model reads)")
+        if self.valid_features and not self.valid_data:
+            raise ConfigError("config.valid_features is set but valid_data is not; give --valid-data too")
+
+
+@dataclass
+class AsrConfig(SuperbProbeConfig):
+    """Trainer keys plus the ASR probe's; defaults follow SUPERB's ASR task (conventions §5.1)."""
+
+    token_dir: str = _opt("", "token list dir written by asr_tokenizer (tokens.txt, plus bpe.model for bpe)")
+    downstream: BiLstmCtcConfig = field(default_factory=_superb_downstream, metadata={
+        "help": "BiLSTM-CTC sizes: hidden_size per direction, num_layers, projection_size (null = none), dropout, "
+                "spec_augment (null = off), e.g. --downstream.hidden_size 256"})
+    # Trainer keys whose defaults differ for the ASR probe (SUPERB: 32 utterances, validation every 2000).
+    max_seconds: Optional[float] = _opt(None, "must stay null: CTC needs whole utterances with their transcripts")
+    batch_seconds: float = _opt(400.0, "seconds of padded audio per batch (SUPERB: 32 utterances of ~12 s)")
+    min_seconds: float = _opt(0.5, "shorter utterances are skipped and listed in skipped_utts.txt")
+    valid_every: int = _opt(2000, "validate every this many updates (SUPERB: 2000)")
+
+    def validate(self) -> None:
+        super().validate()
         if not self.token_dir:
             raise ConfigError("config.token_dir: no token list given; pass --token-dir DIR written by "
                               "python -m speechdistill.bin.asr_tokenizer")
@@ -98,8 +111,6 @@ class AsrConfig(TrainerConfig):
             raise ConfigError(f"config.max_seconds: {self.max_seconds} would crop utterances and cut their "
                               "transcripts apart; ASR trains on whole utterances. Fix: set it to null and bound "
                               "batches with batch_seconds")
-        if self.valid_features and not self.valid_data:
-            raise ConfigError("config.valid_features is set but valid_data is not; give --valid-data too")
 
 
 def ctc_infeasible(frame_lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
@@ -122,9 +133,6 @@ class AsrTask:
 
     def __init__(self, config: AsrConfig) -> None:
         self.config = config
-        self.upstream: Optional[FrozenUpstream] = None
-        self.train_dump: Optional[DumpedFeatures] = None
-        self.valid_dump: Optional[DumpedFeatures] = None
         self._tokenizer: Optional[Tokenizer] = None
 
     # ------------------------------------------------------------------ setup
@@ -138,29 +146,14 @@ class AsrTask:
         config, log = self.config, context.logger
         self.context = context
         self.fingerprint = upstream_fingerprint(config.upstream)
-        if config.train_features:
-            self.train_dump = DumpedFeatures(config.train_features)
-            self.train_dump.check_upstream(config.upstream)
-        if config.valid_features:
-            self.valid_dump = DumpedFeatures(config.valid_features)
-            self.valid_dump.check_upstream(config.upstream)
-        needs_upstream = self.train_dump is None or (config.valid_data and self.valid_dump is None)
-        if needs_upstream:
-            self.upstream = FrozenUpstream(config.upstream, context.device)
-            self.num_hidden_states, self.hidden_size = self.upstream.num_hidden_states, self.upstream.hidden_size
-            if config.min_seconds * SAMPLE_RATE < self.upstream.min_samples:
-                raise ConfigError(f"config.min_seconds: {config.min_seconds} s is shorter than the upstream's "
-                                  f"receptive field ({self.upstream.min_samples} samples); raise it to at least "
-                                  f"{self.upstream.min_samples / SAMPLE_RATE:.3f}")
-        else:
-            self.num_hidden_states, self.hidden_size = self.train_dump.num_hidden_states, self.train_dump.hidden_size
+        self.features = ProbeFeatures(config.upstream, context.device, train_features=config.train_features,
+                                      valid_features=config.valid_features, has_valid=bool(config.valid_data),
+                                      min_seconds=config.min_seconds)
+        self.num_hidden_states, self.hidden_size = self.features.num_hidden_states, self.features.hidden_size
         self.layers = Featurizer(self.num_hidden_states, config.featurizer).selected_layers
-        for dump in (self.train_dump, self.valid_dump):
-            if dump is not None:
-                dump.check_layers(self.layers)
+        self.features.check_layers(self.layers)
         log.info("ASR upstream %s (%d hidden states of %d, %s); featurizer %s over hidden states %s; %s tokens: %d "
-                 "(%s)", config.upstream, self.num_hidden_states, self.hidden_size,
-                 "features on the fly" if self.train_dump is None else f"train features from {config.train_features}",
+                 "(%s)", config.upstream, self.num_hidden_states, self.hidden_size, self.features.description,
                  config.featurizer.mode, self.layers, self.tokenizer.token_type, self.tokenizer.vocab_size,
                  config.token_dir)
 
@@ -189,14 +182,8 @@ class AsrTask:
                 "text": dict(texts)}
 
     # ------------------------------------------------------------------ steps
-    def _hidden_states(self, batch: Mapping[str, Any], dump: Optional[DumpedFeatures]):
-        if dump is not None:
-            return dump(batch["keys"], self.context.device)
-        return self.upstream(batch["wavs"], batch["lengths"], self.layers, self.context.teacher_autocast(),
-                             host_lengths=batch.get("host_lengths"))
-
-    def _loss(self, model: torch.nn.Module, batch: Mapping[str, Any], dump: Optional[DumpedFeatures]):
-        states, frame_lengths = self._hidden_states(batch, dump)
+    def _loss(self, model: torch.nn.Module, batch: Mapping[str, Any], training: bool):
+        states, frame_lengths = self.features(batch, training, self.context.teacher_autocast())
         log_probs, frame_lengths = model(states, frame_lengths)
         targets = batch["tokens"].clamp(min=0)  # collate pads with -1; CTC ignores past target_lengths
         target_lengths = batch["tokens_lengths"]
@@ -205,12 +192,12 @@ class AsrTask:
         return loss, infeasible, log_probs, frame_lengths
 
     def train_step(self, model: torch.nn.Module, batch: Mapping[str, Any], step: int) -> StepOutput:
-        loss, infeasible, _, _ = self._loss(model, batch, self.train_dump)
+        loss, infeasible, _, _ = self._loss(model, batch, True)
         return StepOutput(loss=loss, terms={"ctc": loss.detach(), "infeasible": infeasible},
                           count=len(batch["keys"]))
 
     def valid_step(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Dict[str, Union[float, torch.Tensor]]:
-        loss, infeasible, log_probs, frame_lengths = self._loss(model, batch, self.valid_dump)
+        loss, infeasible, log_probs, frame_lengths = self._loss(model, batch, False)
         hyps = [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, frame_lengths)]
         refs = dict(zip(batch["keys"], batch["text"]))
         hyp_map = dict(zip(batch["keys"], hyps))

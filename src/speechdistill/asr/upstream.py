@@ -185,3 +185,54 @@ class DumpedFeatures:
         for slot, index in enumerate(self.layers):
             states[index] = padded[:, :, slot * self.hidden_size:(slot + 1) * self.hidden_size]
         return states, lengths.to(device)
+
+
+class ProbeFeatures:
+    """Hidden states for a probe's training: the frozen upstream on the fly, or dumps of the train and
+    valid data (then the upstream is loaded only if a set has no dump). Shared by every probe task.
+
+    Attributes: ``num_hidden_states``, ``hidden_size``; ``upstream`` (None when every set has a dump).
+    """
+
+    def __init__(self, upstream: str, device: torch.device, *, train_features: Optional[str] = None,
+                 valid_features: Optional[str] = None, has_valid: bool = False,
+                 min_seconds: Optional[float] = None) -> None:
+        self.path = upstream
+        self.device = device
+        self.train_dump = DumpedFeatures(train_features) if train_features else None
+        self.valid_dump = DumpedFeatures(valid_features) if valid_features else None
+        for dump in (self.train_dump, self.valid_dump):
+            if dump is not None:
+                dump.check_upstream(upstream)
+        self.upstream: Optional[FrozenUpstream] = None
+        if self.train_dump is None or (has_valid and self.valid_dump is None):
+            self.upstream = FrozenUpstream(upstream, device)
+            self.num_hidden_states, self.hidden_size = self.upstream.num_hidden_states, self.upstream.hidden_size
+            if min_seconds is not None and min_seconds * 16000 < self.upstream.min_samples:
+                from ..config import ConfigError
+
+                raise ConfigError(f"config.min_seconds: {min_seconds} s is shorter than the upstream's receptive "
+                                  f"field ({self.upstream.min_samples} samples); raise it to at least "
+                                  f"{self.upstream.min_samples / 16000:.3f}")
+        else:
+            self.num_hidden_states, self.hidden_size = self.train_dump.num_hidden_states, self.train_dump.hidden_size
+
+    @property
+    def description(self) -> str:
+        return "features on the fly" if self.train_dump is None else f"train features from {self.train_dump.dump_dir}"
+
+    def check_layers(self, layers: Sequence[int]) -> None:
+        self.layers = list(layers)
+        for dump in (self.train_dump, self.valid_dump):
+            if dump is not None:
+                dump.check_layers(self.layers)
+
+    def __call__(self, batch, training: bool, autocast: ContextManager
+                 ) -> Tuple[List[Optional[torch.Tensor]], torch.Tensor]:
+        """Hidden states (``num_hidden_states`` entries, ``[B, N, D]`` or None) and frame lengths ``[B]`` of a
+        collated batch, from the dump of its set when there is one."""
+        dump = self.train_dump if training else self.valid_dump
+        if dump is not None:
+            return dump(batch["keys"], self.device)
+        return self.upstream(batch["wavs"], batch["lengths"], self.layers, autocast,
+                             host_lengths=batch.get("host_lengths"))

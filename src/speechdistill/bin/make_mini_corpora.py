@@ -6,7 +6,9 @@
 
 Writes <out-dir>/{LibriSpeech,VoxCeleb1,musan,RIRS_NOISES} in the real layouts (read them with
 prep_librispeech, prep_voxceleb, prep_musan, prep_rirs); --corpora voxceleb2 also writes the
-VoxCeleb1 dev speakers as <out-dir>/VoxCeleb2/dev/aac/.../*.m4a (needs ffmpeg). Deterministic from --seed: the same
+VoxCeleb1 dev speakers as <out-dir>/VoxCeleb2/dev/aac/.../*.m4a (needs ffmpeg); --corpora speech_commands
+and fluent_commands write <out-dir>/speech_commands (Speech Commands v1.0 layout, background noise from
+musan) and <out-dir>/fluent_speech_commands (Fluent Speech Commands layout) for the SUPERB probes. Deterministic from --seed: the same
 settings give the same files whatever --nj. A corpus that exists with the same settings is
 kept; with other settings it is rebuilt. Sizes: --size default|tiny, then --config YAML
 (keys as below), then dotted overrides, e.g. --voxceleb.train_speakers 50:
@@ -17,6 +19,8 @@ kept; with other settings it is rebuilt. Sizes: --size default|tiny, then --conf
                videos_per_speaker trials min_words max_words
   musan:       noise_files music_files speech_files min_seconds max_seconds vocals_fraction
   rirs:        rooms_per_size rirs_per_room max_order
+  speech_commands: train_speakers dev_speakers test_speakers repetitions background_files
+  fluent_commands: train_speakers dev_speakers test_speakers utterances_per_speaker
 """
 from __future__ import annotations
 

@@ -221,3 +221,54 @@ def read_trials(path: Path) -> List[Tuple[str, str, str]]:
 
 
 __all__ = ["prepare_voxceleb", "read_trials", "ffmpeg_pipe"]
+
+
+SID_SPLITS = {"train": "1", "dev": "2", "test": "3"}
+
+
+def read_iden_split(path: Path) -> Dict[str, str]:
+    """utterance id (``<spk>/<video>/<n>.wav``) -> split set (``1`` train, ``2`` dev, ``3`` test) of
+    VoxCeleb1's ``iden_split.txt``."""
+    table: Dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[0] not in ("1", "2", "3"):
+            raise CorpusError(f"{path}:{number}: expected '1|2|3 <spk>/<video>/<n>.wav', found '{line.strip()}'. "
+                              f"Fix: use iden_split.txt as downloaded from {TRIAL_URL}")
+        table[fields[1]] = fields[0]
+    if not table:
+        raise CorpusError(f"{path}: the identification split is empty. Fix: download it again from {TRIAL_URL}")
+    return table
+
+
+def prepare_voxceleb_sid(corpus_dir: str, iden_split: str, split: str, out_dir: str, *, nj: int = 1,
+                         verify: str = "tail") -> PrepResult:
+    """The ``split`` (train, dev, test) of VoxCeleb1's identification split as a data dir (speaker = label).
+
+    The 1,251 speakers of VoxCeleb1 dev and test are all in every split; ``iden_split.txt`` names
+    each utterance's split (1/2/3). An utterance the list names but the corpus lacks is listed in
+    ``bad_utts``.
+    """
+    if split not in SID_SPLITS:
+        raise CorpusError(f"split '{split}' is unknown; use one of {', '.join(SID_SPLITS)}")
+    root = resolve_dir(corpus_dir, "VoxCeleb1 directory", "point at the directory holding dev/ and test/")
+    split_path = Path(iden_split)
+    if not split_path.is_file():
+        raise CorpusError(f"identification split '{split_path}' not found. Fix: download iden_split.txt from "
+                          f"{TRIAL_URL}")
+    out = Path(out_dir)
+    settings = {"corpus": str(root), "iden_split": str(split_path.resolve()), "size": split_path.stat().st_size,
+                "split": split, "verify": verify, "kind": "voxceleb_sid"}
+    done = skip_if_done(out, settings)
+    if done is not None:
+        return done
+    wanted = {utt for utt, number in read_iden_split(split_path).items() if number == SID_SPLITS[split]}
+    found = {u.key: u for u in scan_voxceleb(root, ["dev", "test"])}
+    utterances = [found[k] for k in sorted(wanted, key=byte_key) if k in found]
+    rejected = {k: f"named by {split_path} but not found under {root}" for k in wanted if k not in found}
+    logger.info("%s (%s split): %d utterances of %d speakers, %d missing", root, split, len(utterances),
+                len({u.speaker for u in utterances}), len(rejected))
+    probes = probe_all([(u.key, u.wav) for u in utterances], nj=nj, verify=verify, desc=f"probe {out.name}")
+    return finish_prep(out, utterances, probes, extra_bad=rejected, settings=settings)

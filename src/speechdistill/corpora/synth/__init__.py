@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, Sequence
 
 from ..common import CorpusError
+from .commands import (MiniFluentCommandsConfig, MiniSpeechCommandsConfig, make_mini_fluent_commands,
+                       make_mini_speech_commands)
 from .librispeech import MiniLibriSpeechConfig, make_mini_librispeech
 from .musan import MiniMusanConfig, make_mini_musan
 from .rirs import MiniRirsConfig, make_mini_rirs
@@ -26,8 +28,9 @@ from .voxceleb import MiniVoxCelebConfig, make_mini_voxceleb, make_mini_voxceleb
 logger = logging.getLogger("speechdistill.corpora")
 
 CORPORA = ("librispeech", "voxceleb", "musan", "rirs")
-# built only when asked for: voxceleb2 (the voxceleb dev speakers as m4a) needs ffmpeg
-OPTIONAL_CORPORA = ("voxceleb2",)
+# built only when asked for: voxceleb2 (the voxceleb dev speakers as m4a) needs ffmpeg; the SUPERB probes'
+# keyword spotting (speech_commands, whose background noise comes from musan) and intent classification
+OPTIONAL_CORPORA = ("voxceleb2", "speech_commands", "fluent_commands")
 
 
 @dataclasses.dataclass
@@ -39,6 +42,8 @@ class MiniCorporaConfig:
     voxceleb: MiniVoxCelebConfig = dataclasses.field(default_factory=MiniVoxCelebConfig)
     musan: MiniMusanConfig = dataclasses.field(default_factory=MiniMusanConfig)
     rirs: MiniRirsConfig = dataclasses.field(default_factory=MiniRirsConfig)
+    speech_commands: MiniSpeechCommandsConfig = dataclasses.field(default_factory=MiniSpeechCommandsConfig)
+    fluent_commands: MiniFluentCommandsConfig = dataclasses.field(default_factory=MiniFluentCommandsConfig)
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "MiniCorporaConfig":
@@ -51,7 +56,11 @@ class MiniCorporaConfig:
                                         test_utterances_per_speaker=3, videos_per_speaker=2, trials=12, max_words=10),
             musan=MiniMusanConfig(noise_files=4, music_files=3, speech_files=4, min_seconds=2.0, max_seconds=4.0,
                                   vocals_fraction=0.5),
-            rirs=MiniRirsConfig(rooms_per_size=1, rirs_per_room=2, max_order=10))
+            rirs=MiniRirsConfig(rooms_per_size=1, rirs_per_room=2, max_order=10),
+            speech_commands=MiniSpeechCommandsConfig(train_speakers=6, dev_speakers=2, test_speakers=2,
+                                                     background_files=4),
+            fluent_commands=MiniFluentCommandsConfig(train_speakers=6, dev_speakers=2, test_speakers=2,
+                                                     utterances_per_speaker=8))
 
 
 def validate(config: MiniCorporaConfig) -> None:
@@ -72,12 +81,18 @@ def validate(config: MiniCorporaConfig) -> None:
             raise CorpusError(f"mini corpus settings: {message}")
 
 
+def _speech_commands(out: Path, config: MiniCorporaConfig, nj: int) -> Dict[str, Any]:
+    make_mini_musan(out, config.musan, seed=config.seed, nj=nj)  # its noise files are the background noise
+    return make_mini_speech_commands(out, config.speech_commands, out / "musan" / "noise", seed=config.seed, nj=nj)
+
+
 def make_mini_corpora(out_dir: str, corpora: Sequence[str] = CORPORA, config: MiniCorporaConfig = None, *,
                       nj: int = 2) -> Dict[str, Dict[str, Any]]:
     """Build the asked ``corpora`` under ``out_dir`` (kept when they exist with the same settings).
 
     Returns corpus -> marker (``settings``, ``produced``, ``skipped``). Layout:
-    ``out_dir/{LibriSpeech,VoxCeleb1,musan,RIRS_NOISES}`` (and ``VoxCeleb2`` for ``voxceleb2``).
+    ``out_dir/{LibriSpeech,VoxCeleb1,musan,RIRS_NOISES}`` (and ``VoxCeleb2`` for ``voxceleb2``,
+    ``speech_commands`` (with ``musan``) and ``fluent_speech_commands`` when asked for).
     """
     config = config or MiniCorporaConfig()
     validate(config)
@@ -91,6 +106,8 @@ def make_mini_corpora(out_dir: str, corpora: Sequence[str] = CORPORA, config: Mi
         "voxceleb2": lambda: make_mini_voxceleb2(out, config.voxceleb, seed=config.seed, nj=nj),
         "musan": lambda: make_mini_musan(out, config.musan, seed=config.seed, nj=nj),
         "rirs": lambda: make_mini_rirs(out, config.rirs, seed=config.seed, nj=nj),
+        "speech_commands": lambda: _speech_commands(out, config, nj),
+        "fluent_commands": lambda: make_mini_fluent_commands(out, config.fluent_commands, seed=config.seed, nj=nj),
     }
     results = {}
     for corpus in corpora:
@@ -100,5 +117,5 @@ def make_mini_corpora(out_dir: str, corpora: Sequence[str] = CORPORA, config: Mi
     return results
 
 
-__all__ = ["OPTIONAL_CORPORA", "MiniCorporaConfig", "MiniLibriSpeechConfig", "MiniVoxCelebConfig", "MiniMusanConfig", "MiniRirsConfig",
+__all__ = ["OPTIONAL_CORPORA", "MiniCorporaConfig", "MiniSpeechCommandsConfig", "MiniFluentCommandsConfig", "MiniLibriSpeechConfig", "MiniVoxCelebConfig", "MiniMusanConfig", "MiniRirsConfig",
            "make_mini_corpora", "CORPORA"]

@@ -1,7 +1,9 @@
 """Mini VoxCeleb: synthesized speakers in VoxCeleb1's layout, with a balanced trial list.
 
 ``<out>/VoxCeleb1/{dev,test}/wav/<idNNNNN>/<video>/<NNNNN>.wav`` and
-``<out>/VoxCeleb1/veri_test2.txt`` (official format ``1|0 enroll test``). On request, the dev
+``<out>/VoxCeleb1/veri_test2.txt`` (official format ``1|0 enroll test``) and
+``<out>/VoxCeleb1/iden_split.txt`` (``1|2|3 <spk>/<video>/<n>.wav``: the identification split over
+every speaker, see :func:`iden_split`). On request, the dev
 speakers also as VoxCeleb2: ``<out>/VoxCeleb2/dev/aac/id0NNNN/<video>/<NNNNN>.m4a``, AAC-encoded
 by ffmpeg as the real corpus is (the prep converts them back to FLAC). Dev (training)
 and test speakers are disjoint. Every "video" of a speaker has its own recording channel
@@ -84,9 +86,21 @@ def make_trials(utterances: Dict[str, List[str]], count: int, rng: np.random.Gen
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
+def iden_split(utterances: Dict[str, List[str]]) -> List[Tuple[int, str]]:
+    """VoxCeleb1-style identification split over every speaker: per speaker (utterances in recording
+    order, videos taking turns) the last utterance is test (3), the one before dev (2), the rest train (1)."""
+    split = []
+    for speaker in sorted(utterances):
+        keys = utterances[speaker]
+        for index, key in enumerate(keys):
+            back = len(keys) - index
+            split.append((3 if back == 1 else 2 if back == 2 and len(keys) >= 3 else 1, key))
+    return split
+
+
 def make_mini_voxceleb(out_root: Path, config: MiniVoxCelebConfig, *, seed: int = 0, nj: int = 2) -> Dict[str, Any]:
     """Build (or keep) ``out_root/VoxCeleb1``; returns its marker (settings, produced, skipped)."""
-    settings = {"seed": seed, **dataclasses.asdict(config)}
+    settings = {"seed": seed, **dataclasses.asdict(config), "iden_split": 1}
     return build_once(Path(out_root), "VoxCeleb1", settings, lambda tmp: _build(tmp, config, seed, nj))
 
 
@@ -100,6 +114,7 @@ def _build(root: Path, config: MiniVoxCelebConfig, seed: int, nj: int) -> Dict[s
     sentences = SentenceGenerator(rng)
     shards: List[SpeechShard] = []
     test_utterances: Dict[str, List[str]] = {}
+    all_utterances: Dict[str, List[str]] = {}
     seeds = shard_seeds(rng, total)
     texts: List[List[str]] = [[] for _ in range(total)]
     planned, turn = 0.0, 0
@@ -121,6 +136,7 @@ def _build(root: Path, config: MiniVoxCelebConfig, seed: int, nj: int) -> Dict[s
             numbers[video] = numbers.get(video, 0) + 1
             path = root / subset / "wav" / speaker / video / f"{numbers[video]:05d}.wav"
             items.append(SpeechItem([text], str(path), channel))
+            all_utterances.setdefault(speaker, []).append(f"{speaker}/{video}/{numbers[video]:05d}.wav")
             if subset == "test":
                 test_utterances.setdefault(speaker, []).append(f"{speaker}/{video}/{numbers[video]:05d}.wav")
         shards.append(SpeechShard(voice, items, seeds[index]))
@@ -129,6 +145,8 @@ def _build(root: Path, config: MiniVoxCelebConfig, seed: int, nj: int) -> Dict[s
                             espeak_data=espeak_data)
     trials = make_trials(test_utterances, config.trials, rng)
     (root / "veri_test2.txt").write_text("".join(f"{label} {a} {b}\n" for label, a, b in trials), encoding="utf-8")
+    (root / "iden_split.txt").write_text("".join(f"{number} {key}\n" for number, key in iden_split(all_utterances)),
+                                         encoding="utf-8")
     (root / "README.TXT").write_text(
         "Mini VoxCeleb: speakers synthesized by speechdistill (espeak-ng voices, per-video channels) in the\n"
         "layout of VoxCeleb1, with a balanced trial list in the official format. Not real speech.\n", encoding="utf-8")
