@@ -5,13 +5,17 @@ METHOD ?= distilhubert
 DEMO_ARGS ?=
 DEMO_SV_ARGS ?=
 
-.PHONY: install test demo demo-sv
+.PHONY: install test check demo demo-sv
 
 install:
 	tools/install.sh
 
 test: install
-	tools/venv/bin/python -m pytest -q tests $(PYTEST_ARGS)
+	tools/venv/bin/python -m pytest -q --durations=20 tests $(PYTEST_ARGS)
+
+# The everyday tier: everything but the end-to-end, multi-process and real-Slurm modules (tests/conftest.py).
+check: install
+	tools/venv/bin/python -m pytest -q -m "not slow" --durations=10 tests $(PYTEST_ARGS)
 
 # The LibriSpeech distillation demo: mini corpora, a teacher trained from scratch, the METHOD preset
 # (egs/librispeech/distill/conf/<METHOD>.yaml) scaled to it, ASR probes; results in

@@ -31,7 +31,9 @@ def make_tiny_distill_recipe(root: Path) -> Path:
     recipe = copy_librispeech_recipe(root)
     # cluster jobs see only PATH (sbatch --export=PATH): name the checkout in path.sh itself
     path_sh = recipe / "path.sh"
-    path_sh.write_text(f"export SPEECHDISTILL_ROOT=${{SPEECHDISTILL_ROOT:-{REPO}}}\n" + path_sh.read_text())
+    content = path_sh.read_text()
+    path_sh.unlink()  # (a link to egs/TEMPLATE/path.sh: write a file of the copy's own, not through the link)
+    path_sh.write_text(f"export SPEECHDISTILL_ROOT=${{SPEECHDISTILL_ROOT:-{REPO}}}\n" + content)
     lengths = np.random.default_rng(11).integers(6000, 14000, 16).tolist()
     make_data_dir(recipe / "data" / "train", lengths, seed=3)
     make_data_dir(recipe / "data" / "dev", [8000, 11000], seed=4, prefix="val")

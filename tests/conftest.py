@@ -16,6 +16,27 @@ if str(SRC) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+# Modules that run recipes, demos, several processes or a real Slurm end to end (tens of seconds to minutes
+# each): `make check` (`pytest -m "not slow"`) leaves them out; `make test` runs everything.
+SLOW_MODULES = frozenset({
+    "test_demo", "test_demo_sv", "test_recipe_distill", "test_recipe_sv", "test_recipe_asr", "test_recipe_stage01",
+    "test_recipe_signals", "test_slurm_real", "test_train_distributed", "test_launch_ranks", "test_distill_resume",
+    "test_train_resume", "test_train_run_lock", "test_sv_train", "test_pretrain_cli", "test_gpu_path",
+    "test_benchmark", "test_bad_inputs", "test_import_formats", "test_models_fullsize", "test_synth_corpora",
+    "test_corpora_prep", "test_asr_train", "test_asr_decode", "test_sv_extract", "test_profile",
+})
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: end-to-end or multi-process test; skipped by `make check`")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

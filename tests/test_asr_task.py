@@ -112,19 +112,26 @@ def test_train_step_loss_is_the_mean_utterance_nll_with_count_utterances(setup, 
     assert out.count == 3
     # reference: each utterance alone through upstream and model, its CTC NLL, averaged over utterances
     frozen = FrozenUpstream(upstream)
-    nll = []
+    nll, hypotheses = [], []
     for row in range(3):
         states, frames = frozen(wavs[row:row + 1, :lengths[row]], lengths[row:row + 1], model.selected_layers,
                                 contextlib.nullcontext())
         log_probs, frames = model(states, frames)
         nll.append(F.ctc_loss(log_probs[0], torch.tensor(token_lists[row]), frames, torch.tensor([len(token_lists[row])]),
                               reduction="sum"))
+        # best path written out: argmax per frame, repeats merged, blanks (id 0) dropped
+        best = log_probs[0, :int(frames[0])].argmax(-1).tolist()
+        ids = [t for i, t in enumerate(best) if t != 0 and (i == 0 or t != best[i - 1])]
+        hypotheses.append(task.tokenizer.decode(ids))
     assert torch.allclose(out.loss, torch.stack(nll).mean(), rtol=1e-4)
     assert float(out.terms["infeasible"]) == 0.0
     metrics = task.valid_step(model, batch)
     assert set(metrics) == {"loss", "infeasible", "cer", "wer"}
     assert torch.allclose(torch.as_tensor(metrics["loss"]), torch.stack(nll).mean(), rtol=1e-4)
-    assert 0.0 <= metrics["cer"] and 0.0 <= metrics["wer"]
+    import jiwer
+    references = [fields["text"][k] for k in keys]
+    assert metrics["wer"] == pytest.approx(100 * jiwer.wer(references, hypotheses), abs=1e-6)
+    assert metrics["cer"] == pytest.approx(100 * jiwer.cer(references, hypotheses), abs=1e-6)
 
 
 def test_model_dir_round_trip_and_errors(setup, tmp_path):

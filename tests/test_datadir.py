@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from speechdistill.data.datadir import (DataDir, combine_data_dirs, copy_data_dir, evenly_spaced, split_data_dir,
-                                        split_is_up_to_date, subset_data_dir, utt2spk_to_spk2utt, write_split)
+from speechdistill.data.datadir import DataDir, evenly_spaced, utt2spk_to_spk2utt
+from speechdistill.data.operations import (combine_data_dirs, copy_data_dir, split_data_dir, split_is_up_to_date,
+                                           subset_data_dir, write_split)
 from speechdistill.data.lengths import compute_lengths
 from speechdistill.data.tables import DataDirError
 

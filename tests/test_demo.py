@@ -115,10 +115,19 @@ def test_results_json_has_the_measurements(demo):
     assert student["params"] == sum(p.numel() for p in student_model.parameters())
     assert random["params"] == student["params"] < teacher["params"]
     assert random["macs_per_second"] == student["macs_per_second"] < teacher["macs_per_second"]
+    import jiwer
+    references = dict(line.split(" ", 1) for line in (recipe / "data/test/text").read_text().splitlines())
     for row in rows.values():
         assert row["audio_sec_per_sec"] > 0
-        assert row["wer"] is not None and row["cer"] is not None and row["cer"] >= 0
         assert row["layer_weights"] and abs(sum(row["layer_weights"]) - 1) < 1e-5
+        # WER/CER recomputed with jiwer from the decoded text and the references
+        decoded = recipe / row["asr_exp"] / "decode_greedy/test/clean/text"
+        hypotheses = dict((line.split(" ", 1) + [""])[:2] for line in decoded.read_text().splitlines())
+        keys = sorted(references)
+        assert sorted(hypotheses) == keys
+        refs, hyps = [references[k] for k in keys], [hypotheses[k] for k in keys]
+        assert row["wer"] == pytest.approx(100 * jiwer.wer(refs, hyps), abs=1e-6)
+        assert row["cer"] == pytest.approx(100 * jiwer.cer(refs, hyps), abs=1e-6)
     assert len(teacher["layer_weights"]) == 13 and len(student["layer_weights"]) == 3
     for row in (student, random):
         assert sorted(row["cosine"], key=int) == ["4", "8", "12"]

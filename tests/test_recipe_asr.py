@@ -6,14 +6,13 @@ egs/TEMPLATE, so its data/ and exp/ land in tmp_path; db.sh points at the corpus
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
-from conftest import copy_librispeech_recipe
+from conftest import copy_librispeech_recipe, run_recipe
 from speechdistill.asr.model import load_asr_model
 from speechdistill.asr.task import AsrConfig
 from speechdistill.config import load_config
@@ -49,9 +48,7 @@ def _recipe(repo_root: Path, tmp_path: Path) -> Path:
 
 
 def _run(recipe: Path, repo_root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SPEECHDISTILL_ROOT=str(repo_root))
-    return subprocess.run(["./run.sh", *map(str, args)], cwd=recipe, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return run_recipe(recipe, *map(str, args), timeout=900)
 
 
 def test_recipe_configs_load(repo_root):

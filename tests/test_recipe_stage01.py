@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from conftest import copy_recipes
+from conftest import copy_recipes, run_recipe
 from speechdistill.data.tables import read_table
 
 
@@ -23,8 +23,7 @@ def _recipe(repo_root: Path, tmp_path: Path, corpus: str, name: str) -> Path:
 
 
 def _run(recipe: Path, repo_root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SPEECHDISTILL_ROOT=str(repo_root))
-    return subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True, timeout=600)
+    return run_recipe(recipe, *args, timeout=600)
 
 
 def _validate(recipe: Path, data_dir: str, *options: str) -> None:

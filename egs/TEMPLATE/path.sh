@@ -1,8 +1,8 @@
 # path.sh: the environment of every stage and every job of a recipe. run.sh sources it, and so
 # does each cluster job: the job scripts of queue.pl/slurm.pl run '. ./path.sh' in the recipe
 # directory on the compute node. It is idempotent, needs no interactive shell, and works under
-# 'set -euo pipefail'. Copy it into egs/<corpus>/<recipe>/ unchanged; put recipe-specific
-# settings in local/path.sh, which is sourced last.
+# 'set -euo pipefail'. A recipe links it (egs/<corpus>/<recipe>/path.sh -> ../../TEMPLATE/path.sh);
+# put recipe-specific settings in local/path.sh, which is sourced last.
 
 # The checkout is found by walking up from the physical directory of this file (pwd -P), so the
 # recipe works from egs/<corpus>/<recipe>/, through symlinked directories, and at any depth.

@@ -63,26 +63,7 @@ results_dir=                      # stage 6: where RESULTS.md and the PNGs go (d
 . ./path.sh
 . ./cmd.sh
 . utils/parse_options.sh
-. utils/stop_signals.sh  # run_job, wait_jobs: SIGTERM/SIGINT reach the jobs (a checkpointing trainer: exit 99)
-
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
-# with_progress FILE CMD...: run_job CMD; with --demo true, also show the lines it writes to FILE (the
-# trainer's train.log: loss, throughput, validation) while it runs, so that a newcomer sees the run move.
-with_progress() {
-    if [ "${demo}" != true ]; then run_job "${@:2}"; return; fi
-    local file=$1 alive tail_pid rc=0
-    shift
-    sleep 100000 &  # tail follows the file while this lives
-    alive=$!
-    tail -n 0 -F --pid="${alive}" "${file}" 2> /dev/null | sed -u "s/^/    | ${progress_label:+${progress_label}: }/" &
-    tail_pid=$!
-    run_job "$@" || rc=$?
-    kill "${alive}" 2> /dev/null || true
-    wait "${tail_pid}" || true
-    return "${rc}"
-}
-# training jobs: CPUs and memory per process on a cluster (utils/launch_training.sh)
-train_resources=(--cpus_per_gpu "${cpus_per_gpu}" --mem_per_gpu "${mem_per_gpu}")
+. utils/recipe.sh  # log, stage0, markers, with_progress, pool; run_job / wait_jobs pass stop signals to the jobs
 
 # a wrong --distill_config is reported before stages 0-2 spend hours
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ] && [ ! -f "${distill_config}" ]; then
@@ -90,16 +71,15 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ] && [ ! -f "${distill_config
         "$(cd conf && ls ./*.yaml | sed 's|^\./|conf/|' | grep -v -e '^conf/asr_' -e '^conf/augment_' -e '_final.yaml' | paste -sd' ')"
     exit 1
 fi
-if [ "${ngpu}" = auto ]; then
-    ngpu=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
-fi
+[ "${ngpu}" = auto ] && ngpu=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+progress=false
 if [ "${demo}" = true ]; then
     # Every default the demo changes; options given on the command line still win where they are set.
     [ "${teacher_dir}" = exp/teacher ] && teacher_dir=exp/demo/teacher
     distill_exp=${distill_exp:-exp/demo/distill_$(basename "${distill_config}" .yaml)}
     [ "${asr_config}" = conf/asr_superb.yaml ] && asr_config=conf/demo/asr.yaml
     asr_dump_features=${asr_dump_features:-true}
-    compare=true
+    compare=true progress=true
     results_dir=${results_dir:-exp/demo}
     [ "${asr_nj}" = 1 ] && [ "${ngpu}" = 0 ] && asr_nj=3  # the three single-threaded probes side by side
     if [ "${threads}" = 0 ]; then  # the CPUs this process may use (nproc alone obeys path.sh's OMP_NUM_THREADS=1)
@@ -110,9 +90,9 @@ if [ "${demo}" = true ]; then
         "${threads} thread(s) per job; everything under exp/demo"
 fi
 distill_exp=${distill_exp:-exp/distill_$(basename "${distill_config}" .yaml)}
-asr_dump_features=${asr_dump_features:-false}
-thread_opts=()
-[ "${threads}" -gt 0 ] && thread_opts=(--threads "${threads}")
+job_opts=(--ngpu "${ngpu}" --cpus_per_gpu "${cpus_per_gpu}" --mem_per_gpu "${mem_per_gpu}" --redo "${redo}"
+          --progress "${progress}")  # every training job's
+train_opts=("${job_opts[@]}" --threads "${threads}")
 
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     log "stage 0: data -> data/train, data/dev, test sets (marker: data/.stage0.done)"
@@ -127,120 +107,23 @@ fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     log "stage 2: teacher -> ${teacher_dir} (marker: ${teacher_dir}/.stage2.done)"
-    teacher_md5=
-    if [ -z "${teacher}" ] && [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ] \
-        && ! grep -q '^teacher_md5=' "${teacher_dir}/.stage2.done"; then
-        log "no --teacher given; keeping the teacher imported earlier: $(grep '^teacher=' "${teacher_dir}/.stage2.done")"
-    else
-        if [ -z "${teacher}" ]; then
-            # No teacher given: HuBERT's first iteration from scratch on data/train (k-means units of MFCCs,
-            # masked prediction), exported as a Hugging Face dir and imported below like any real teacher.
-            [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
-            train_set=$(. data/.stage0.done && echo "${train_set}")
-            valid_set=$(. data/.stage0.done && echo "${valid_set}")
-            pretrain_dir=${teacher_dir}_pretrain
-            settings="config=${pretrain_config} $(md5sum < "${pretrain_config}" | cut -d' ' -f1) args=${pretrain_args}
-data=data/${train_set},data/${valid_set}"
-            if [ "${redo}" = false ] && [ -f "${pretrain_dir}/.done" ] && [ -f "${pretrain_dir}/hf/model.safetensors" ] \
-                && [ "$(cat "${pretrain_dir}/.done")" = "${settings}" ]; then
-                log "  no --teacher given: ${pretrain_dir}/hf was trained with these settings; kept"
-            else
-                [ "${redo}" = true ] && rm -rf "${pretrain_dir}"
-                device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
-                log "  no --teacher given: training a HuBERT-style teacher from scratch with ${pretrain_config}" \
-                    "-> ${pretrain_dir}/hf (console: ${pretrain_dir}/log/pretrain_hubert.log; progress: ${pretrain_dir}/train.log)"
-                # shellcheck disable=SC2086  # pretrain_args is split into words
-                with_progress "${pretrain_dir}/train.log" utils/launch_training.sh --cmd "${cuda_cmd}" \
-                    --ngpu "$((ngpu > 0 ? 1 : 0))" "${train_resources[@]}" "${pretrain_dir}/log/pretrain_hubert.log" \
-                    python -m speechdistill.bin.pretrain_hubert --config "${pretrain_config}" \
-                    --train-data "data/${train_set}" --valid-data "data/${valid_set}" --output-dir "${pretrain_dir}" \
-                    --device "${device}" "${thread_opts[@]}" ${pretrain_args}
-                grep -h 'validation at update' "${pretrain_dir}/train.log" | tail -n 1 | sed 's/^/    /' || true
-                echo "${settings}" > "${pretrain_dir}/.done"
-            fi
-            teacher=${pretrain_dir}/hf
-            teacher_md5=$(md5sum < "${teacher}/model.safetensors" | cut -d' ' -f1)
-        fi
-        teacher_src=$(cd "$(dirname "${teacher}")" && pwd -P)/$(basename "${teacher}")
-        marker="teacher=${teacher_src}"
-        [ -n "${teacher_md5}" ] && marker="${marker}
-teacher_md5=${teacher_md5}"
-        if [ "${redo}" = false ] && [ -f "${teacher_dir}/.stage2.done" ] \
-            && [ "$(cat "${teacher_dir}/.stage2.done")" = "${marker}" ]; then
-            log "${teacher_dir} already holds ${teacher_src}; kept"
-        else
-            # import_teacher checks the checkpoint (format, architecture, every weight's name and shape)
-            import_log=exp/log/import_$(basename "${teacher_dir}").log
-            run_job ${train_cmd} "${import_log}" \
-                python -m speechdistill.bin.import_teacher --src "${teacher_src}" --out "${teacher_dir}" --force
-            grep -E '"(format|architecture|shape|params)"' "${import_log}" | sed 's/^ */    /' || true
-            echo "${marker}" > "${teacher_dir}/.stage2.done"
-        fi
-    fi
+    run_job local/teacher.sh --teacher "${teacher}" --teacher_dir "${teacher_dir}" \
+        --pretrain_config "${pretrain_config}" --pretrain_args "${pretrain_args}" "${train_opts[@]}"
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     log "stage 3: distillation with ${distill_config} -> ${distill_exp}/student (marker: ${distill_exp}/.stage3.done)"
-    [ -f "${teacher_dir}/.stage2.done" ] || { log "error: no teacher in ${teacher_dir}; run stage 2 first"; exit 1; }
-    if [ "${demo}" = true ]; then
-        # The same method with its student sized to the demo teacher and the demo schedule (conf/demo/distill.yaml)
-        demo_conf_dir=exp/demo/conf
-        python -m speechdistill.bin.demo_config --config "${distill_config}" --teacher "${teacher_dir}" \
-            --overlay conf/demo/distill.yaml --out "${demo_conf_dir}"
-        distill_config=${demo_conf_dir}/$(basename "${distill_config}")
+    if [ "${demo}" = true ]; then  # the method with its student sized to the demo teacher, the demo schedule
+        distill_config=$(python -m speechdistill.bin.demo_config --config "${distill_config}" --teacher "${teacher_dir}" \
+                         --overlay conf/demo/distill.yaml --out exp/demo/conf)
     fi
-    [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
-    train_set=$(. data/.stage0.done && echo "${train_set}")
-    valid_set=$(. data/.stage0.done && echo "${valid_set}")
-    if [ "${num_nodes}" -gt 1 ] && [[ "${cuda_cmd}" != *slurm.pl* ]]; then
-        log "error: --num_nodes ${num_nodes} needs Slurm (cmd_backend=slurm in cmd.sh); ${cuda_cmd%% *} starts jobs on one node"
-        exit 1
-    fi
-    # A method with next_stage (DPHuBERT: distill+prune, then distil the pruned student) is a chain of
-    # runs: every run but the last writes ${distill_exp}/step<i>, the last ${distill_exp} itself.
-    configs=("${distill_config}")
-    while next=$(python -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("next_stage") or "")' \
-                 "${configs[-1]}") && [ -n "${next}" ]; do
-        configs+=("$(dirname "${distill_config}")/${next}")
-        [ -f "${configs[-1]}" ] || { log "error: ${configs[-2]} names next_stage: ${next}, but ${configs[-1]} does" \
-            "not exist. Fix: put ${next} beside it or correct next_stage"; exit 1; }
-    done
-    settings="configs=${configs[*]} $(cat "${configs[@]}" | md5sum | cut -d' ' -f1) args=${distill_args}
-$(paste -sd' ' "${teacher_dir}/.stage2.done") data=data/${train_set},data/${valid_set}"
-    if [ "${redo}" = false ] && [ -f "${distill_exp}/.stage3.done" ] && [ -f "${distill_exp}/student/model.safetensors" ] \
-        && [ "$(head -n 2 "${distill_exp}/.stage3.done")" = "${settings}" ]; then
-        log "${distill_exp}/student already distilled with these settings; kept (--redo true to train again)"
-    else
-        [ "${redo}" = true ] && rm -rf "${distill_exp}"
-        device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
-        student_from=()
-        for i in "${!configs[@]}"; do
-            out=${distill_exp}
-            [ $((i + 1)) -lt ${#configs[@]} ] && out=${distill_exp}/step$((i + 1))
-            log "  ${configs[i]} -> ${out} (console: ${out}/log/distill_train.log; a rerun resumes from its checkpoints)"
-            train=(-m speechdistill.bin.distill_train --config "${configs[i]}" --train-data "data/${train_set}"
-                   --valid-data "data/${valid_set}" --teacher "${teacher_dir}" --output-dir "${out}"
-                   --device "${device}" "${student_from[@]}" "${thread_opts[@]}")
-            # one process, torchrun with one rank per GPU, or srun with one rank per GPU on every node
-            # shellcheck disable=SC2086  # distill_args is split into words, as ESPnet's --asr_args
-            with_progress "${out}/train.log" utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${ngpu}" \
-                --num_nodes "${num_nodes}" "${train_resources[@]}" "${out}/log/distill_train.log" \
-                python "${train[@]}" ${distill_args}
-            student_from=(--student_from "${out}/student")
-        done
-        { echo "${settings}"; echo "student=${distill_exp}/student"; } > "${distill_exp}/.stage3.done"
-        log "stage 3 done: ${distill_exp}/student ($(grep -o '"student_params": [0-9]*' "${distill_exp}/distill_summary.json" || true))"
-    fi
-    if [ "${compare}" = true ] && { [ ! -f "${distill_exp}/random_student/model.safetensors" ] \
-        || [ "${distill_exp}/student/model.safetensors" -nt "${distill_exp}/random_student/model.safetensors" ]; }; then
-        # The baseline of stages 4-6: the student's architecture (and heads) at its random initialisation
-        python -m speechdistill.bin.random_student --student "${distill_exp}/student" \
-            --out "${distill_exp}/random_student" --seed "${seed}"
-    fi
+    run_job local/distill.sh --distill_config "${distill_config}" --teacher_dir "${teacher_dir}" \
+        --distill_exp "${distill_exp}" --distill_args "${distill_args}" --num_nodes "${num_nodes}" \
+        --random_student "${compare}" --seed "${seed}" "${train_opts[@]}"
 fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 4 ]; then
-    # Stages 4-6 find the upstreams and the experiment dirs the same way, so they can run separately.
+    # Stages 4-6 find the upstreams and their probes' dirs the same way, so they can run separately.
     read -r -a upstreams <<< "${upstream:-${distill_exp}/student}"
     [ "${compare}" = true ] && upstreams+=("${teacher_dir}" "${distill_exp}/random_student")
     if [ "${#upstreams[@]}" -gt 1 ] && [ -n "${asr_exp}" ]; then
@@ -248,162 +131,51 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 4 ]; then
             "leave --asr_exp empty (each gets exp/<asr config name>_<upstream name>)"
         exit 1
     fi
-    asr_exp_root=$([ "${demo}" = true ] && echo exp/demo || echo exp)
     asr_exps=()
     for up in "${upstreams[@]}"; do
-        upstream_name=$(basename "${up}")
-        case "${upstream_name}" in
-            student) upstream_name=$(basename "$(dirname "${up}")") ;;
-            random_student) upstream_name=$(basename "$(dirname "${up}")")_random ;;
+        name=$(basename "${up}")
+        case "${name}" in
+            student) name=$(basename "$(dirname "${up}")") ;;
+            random_student) name=$(basename "$(dirname "${up}")")_random ;;
         esac
-        asr_exps+=("${asr_exp:-${asr_exp_root}/$(basename "${asr_config}" .yaml)_${upstream_name//[^A-Za-z0-9._-]/_}}")
+        asr_exps+=("${asr_exp:-$([ "${demo}" = true ] && echo exp/demo || echo exp)/$(basename "${asr_config}" .yaml)_${name//[^A-Za-z0-9._-]/_}}")
     done
-    asr_device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)
 fi
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     log "stage 4: ${token_type} tokens, then the ASR probe with ${asr_config} on ${upstreams[*]} (${asr_nj} at a time)"
-    [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
-    for upstream in "${upstreams[@]}"; do
-        if [ ! -e "${upstream}" ]; then
-            log "error: upstream ${upstream} not found. Fix: run stage 3 (it writes <distill_exp>/student), or pass" \
-                "--upstream with any model dir, Hugging Face dir or checkpoint"
-            exit 1
-        fi
+    for up in "${upstreams[@]}"; do
+        [ -e "${up}" ] || { log "error: upstream ${up} not found. Fix: run stage 3 (it writes <distill_exp>/student)," \
+            "or pass --upstream with any model dir, Hugging Face dir or checkpoint"; exit 1; }
     done
-    train_set=$(. data/.stage0.done && echo "${train_set}")
-    valid_set=$(. data/.stage0.done && echo "${valid_set}")
-    token_opts=()
-    token_dir=data/token_list/${token_type}
-    if [ "${token_type}" = bpe ]; then
-        token_dir=data/token_list/bpe_${bpemode}${nbpe}
+    token_dir=data/token_list/${token_type} token_opts=()
+    [ "${token_type}" = bpe ] && token_dir=data/token_list/bpe_${bpemode}${nbpe} \
         token_opts=(--vocab-size "${nbpe}" --model-type "${bpemode}")
-    fi
     run_job ${train_cmd} "exp/log/asr_tokenizer.$(basename "${token_dir}").log" python -m speechdistill.bin.asr_tokenizer \
-        --token-type "${token_type}" --data "data/${train_set}" --out "${token_dir}" "${token_opts[@]}"
-    log "  $(grep '^asr_tokenizer' "exp/log/asr_tokenizer.$(basename "${token_dir}").log" | tail -n 1)"
-
-    # asr_probe UPSTREAM ASR_EXP: features (optionally dumped), then the probe; skipped when up to date
-    asr_probe() {
-        local upstream=$1 asr_exp=$2 progress_label
-        progress_label=$(basename "${asr_exp}")
-        log "  probe on ${upstream} -> ${asr_exp}/asr_model (marker: ${asr_exp}/.stage4.done)"
-        upstream_sum=$(find -L "${upstream}" -type f ! -name '.*' -print0 | LC_ALL=C sort -z | xargs -0 cat | md5sum | cut -d' ' -f1)
-        settings="config=${asr_config} $(md5sum < "${asr_config}" | cut -d' ' -f1) args=${asr_args} dump=${asr_dump_features}
-upstream=${upstream} ${upstream_sum} tokens=${token_dir} $(md5sum < "${token_dir}/tokens.txt" | cut -d' ' -f1)
-data=data/${train_set},data/${valid_set}"
-        if [ "${redo}" = false ] && [ -f "${asr_exp}/.stage4.done" ] && [ -f "${asr_exp}/asr_model/model.safetensors" ] \
-            && [ "$(cat "${asr_exp}/.stage4.done")" = "${settings}" ]; then
-            log "${asr_exp}/asr_model already trained with these settings; kept (--redo true to train again)"
-            return 0
-        fi
-        [ "${redo}" = true ] && rm -rf "${asr_exp}"
-        feature_opts=()
-        if [ "${asr_dump_features}" = true ]; then
-            for dset in "${train_set}" "${valid_set}"; do
-                run_job ${train_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${asr_exp}/log/dump_features.${dset}.log" \
-                    python -m speechdistill.bin.dump_features --upstream "${upstream}" --data "data/${dset}" \
-                    --out "${asr_exp}/dump/${dset}" --device "${asr_device}"
-            done
-            feature_opts=(--train_features "${asr_exp}/dump/${train_set}" --valid_features "${asr_exp}/dump/${valid_set}")
-        fi
-        log "  training ${asr_exp} (console: ${asr_exp}/log/asr_train.log; a rerun resumes from its checkpoints)"
-        train=(-m speechdistill.bin.asr_train --config "${asr_config}" --train-data "data/${train_set}"
-               --valid-data "data/${valid_set}" --upstream "${upstream}" --token-dir "${token_dir}"
-               --output-dir "${asr_exp}" --device "${asr_device}" "${feature_opts[@]}")
-        # shellcheck disable=SC2086  # asr_args is split into words, as ESPnet's --asr_args
-        with_progress "${asr_exp}/train.log" utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${ngpu}" \
-            "${train_resources[@]}" "${asr_exp}/log/asr_train.log" python "${train[@]}" ${asr_args}
-        echo "${settings}" > "${asr_exp}/.stage4.done"
-        log "  probe done: ${asr_exp}/asr_model ($(grep -o 'validation at update.*' "${asr_exp}/train.log" | tail -n 1))"
-    }
-    pids=()
+        --token-type "${token_type}" --data "data/$(stage0 train_set)" --out "${token_dir}" "${token_opts[@]}"
+    log "$(grep '^asr_tokenizer' "exp/log/asr_tokenizer.$(basename "${token_dir}").log" | tail -n 1)"
     for i in "${!upstreams[@]}"; do
-        if [ "${asr_nj}" -le 1 ]; then
-            asr_probe "${upstreams[i]}" "${asr_exps[i]}"
-            continue
-        fi
-        while [ "$(jobs -pr | wc -l)" -ge "${asr_nj}" ]; do sleep 1; done
-        asr_probe "${upstreams[i]}" "${asr_exps[i]}" &
-        pids+=($!)
+        pool "${asr_nj}" run_job local/asr_probe.sh --upstream "${upstreams[i]}" --asr_exp "${asr_exps[i]}" \
+            --asr_config "${asr_config}" --asr_args "${asr_args}" --token_dir "${token_dir}" \
+            --dump_features "${asr_dump_features:-false}" "${job_opts[@]}"
     done
-    failed=0
-    wait_jobs "${pids[@]}" || failed=$?
-    [ "${failed}" = 0 ] || { log "error: an ASR probe failed; see the logs named above"; exit "${failed}"; }
+    pool_wait || { rc=$?; log "error: an ASR probe failed; see the logs named above"; exit "${rc}"; }
     log "stage 4 done: ${asr_exps[*]}"
 fi
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
-    log "stage 5: decode every test set under '${test_conditions}' with each ASR probe -> <asr_exp>/RESULTS.md" \
-        "(${asr_exps[*]})"
-    [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
-    eval_sets=$(. data/.stage0.done && echo "${test_sets}")
-    noise_dir= rir_dir=
-    if [ -f data/.stage1.done ]; then
-        noise_dir=$(. data/.stage1.done && echo "${noise_dirs%% *}")  # the first listed: MUSAN noise
-        rir_dir=$(. data/.stage1.done && echo "${rir_dir}")
-    elif [[ " ${test_conditions} " == *" snr"* ]]; then
-        log "  no data/.stage1.done: the snr conditions add white Gaussian noise (run stage 1 for MUSAN noise)"
-    fi
-    decode_tag=decode_greedy
-    if [ -n "${decode_args}" ]; then
-        decode_tag=decode_$(echo "${decode_args}" | sed -e 's/--//g' -e 's/[^A-Za-z0-9.]\{1,\}/_/g' -e 's/^_//' -e 's/_$//')
-    fi
-    # asr_decode_all ASR_EXP: every test set under every condition, then scoring
-    asr_decode_all() {
-        local asr_exp=$1
-        for eval_set in ${eval_sets}; do
-            for condition in ${test_conditions}; do
-                out=${asr_exp}/${decode_tag}/${eval_set}/${condition}
-                condition_opts=()
-                case "${condition}" in
-                    snr*) [ -n "${noise_dir}" ] && condition_opts=(--noise-data "${noise_dir}") ;;
-                    reverb) [ -n "${rir_dir}" ] && condition_opts=(--rir-data "${rir_dir}") ;;
-                esac
-                # shellcheck disable=SC2086  # decode_args is split into words
-                run_job ${decode_cmd} --gpu "$((ngpu > 0 ? 1 : 0))" "${out}/log/asr_decode.log" \
-                    python -m speechdistill.bin.asr_decode --asr-model "${asr_exp}/asr_model" --data "data/${eval_set}" \
-                    --output-dir "${out}" --condition "${condition}" --seed "${condition_seed}" --device "${asr_device}" \
-                    "${condition_opts[@]}" ${decode_args}
-                log "  $(grep '^asr_decode:' "${out}/log/asr_decode.log" | tail -n 1)"
-            done
-        done
-        python -m speechdistill.bin.asr_score --exp-dir "${asr_exp}"
-        log "  ${asr_exp}/RESULTS.md written"
-    }
-    for i in "${!upstreams[@]}"; do
-        if [ ! -f "${asr_exps[i]}/asr_model/model.safetensors" ]; then
-            log "error: no ASR model in ${asr_exps[i]}/asr_model. Fix: run stage 4 first, with the same --upstream and" \
-                "--asr_config (or pass --asr_exp)"
-            exit 1
-        fi
+    log "stage 5: decode every test set under '${test_conditions}' with each ASR probe -> <asr_exp>/RESULTS.md"
+    for exp in "${asr_exps[@]}"; do
+        pool "${asr_nj}" run_job local/asr_decode.sh --asr_exp "${exp}" --test_conditions "${test_conditions}" \
+            --condition_seed "${condition_seed}" --decode_args "${decode_args}" --ngpu "${ngpu}"
     done
-    pids=()
-    for i in "${!upstreams[@]}"; do
-        if [ "${asr_nj}" -le 1 ]; then
-            asr_decode_all "${asr_exps[i]}"
-            continue
-        fi
-        while [ "$(jobs -pr | wc -l)" -ge "${asr_nj}" ]; do sleep 1; done
-        asr_decode_all "${asr_exps[i]}" &
-        pids+=($!)
-    done
-    failed=0
-    wait_jobs "${pids[@]}" || failed=$?
-    [ "${failed}" = 0 ] || { log "error: a decode failed; see the logs named above"; exit "${failed}"; }
+    pool_wait || { rc=$?; log "error: a decode failed; see the logs named above"; exit "${rc}"; }
     log "stage 5 done: ${asr_exps[*]/%//RESULTS.md}"
 fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
     results_dir=${results_dir:-${distill_exp}}
     log "stage 6: teacher vs student vs random student -> ${results_dir}/RESULTS.md and PNGs"
-    [ -f data/.stage0.done ] || { log "error: data/.stage0.done is missing; run stage 0 first"; exit 1; }
-    valid_set=$(. data/.stage0.done && echo "${valid_set}")
-    if [ ! -f "${distill_exp}/random_student/model.safetensors" ] \
-        || [ "${distill_exp}/student/model.safetensors" -nt "${distill_exp}/random_student/model.safetensors" ]; then
-        python -m speechdistill.bin.random_student --student "${distill_exp}/student" \
-            --out "${distill_exp}/random_student" --seed "${seed}"
-    fi
     report_opts=()
     for i in "${!upstreams[@]}"; do
         case "${upstreams[i]}" in
@@ -412,13 +184,13 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
             "${teacher_dir}") report_opts+=(--asr-exp "teacher=${asr_exps[i]}") ;;
         esac
     done
+    python -m speechdistill.bin.random_student --student "${distill_exp}/student" --out "${distill_exp}/random_student" \
+        --seed "${seed}" --skip-if-current
     run_job ${train_cmd} "${results_dir}/log/distill_report.log" python -m speechdistill.bin.distill_report \
         --teacher "${teacher_dir}" --student "${distill_exp}/student" --random-student "${distill_exp}/random_student" \
-        --distill-exp "${distill_exp}" --data "data/${valid_set}" --out "${results_dir}" \
+        --distill-exp "${distill_exp}" --data "data/$(stage0 valid_set)" --out "${results_dir}" \
         --method "$(basename "${distill_config}" .yaml)" "${report_opts[@]}"
-    echo
-    cat "${results_dir}/RESULTS.md"
-    echo
+    printf '\n%s\n\n' "$(cat "${results_dir}/RESULTS.md")"
     log "stage 6 done: ${results_dir}/RESULTS.md, PNGs: $(cd "${results_dir}" && ls ./*.png | tr '\n' ' ')"
 fi
 

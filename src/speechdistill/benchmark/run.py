@@ -11,7 +11,7 @@
    the trainer's ``--precision auto`` picks on the device, when that is not fp32), and the
    s3prl-style eager DistilHuBERT step (:mod:`.eager_baseline`) on the same utterances.
 4. ``data_pipeline``: FLAC decode + crop + collate and noise + reverb on one thread
-   (``speechdistill.bin.bench_augment``'s measurement), as multiples of real time per CPU-second.
+   (:mod:`speechdistill.benchmark.input_path`, as ``speechdistill.bin.bench_augment`` runs it), as multiples of real time per CPU-second.
 5. ``data_loader``: the trainer's input path through a DataLoader with 2 worker processes on FLAC
    crops (audio-seconds per second), and the private memory one forked worker gains by touching
    every item of a 1,000,000-utterance data dir (:mod:`.data_loader`).
@@ -30,7 +30,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -492,7 +492,7 @@ def _megabytes(value: Optional[int]) -> str:
 
 
 def pipeline_section(sizes: Sizes, data_dirs: Dict[str, Path], progress: Progress) -> Dict[str, Any]:
-    from ..bin.bench_augment import run_bench
+    from .input_path import run_bench
 
     progress.section("data pipeline")
     with torch_threads(1):
@@ -627,7 +627,7 @@ def run_benchmark(options: BenchmarkOptions, *, show_progress: bool = True) -> D
     try:
         with tempfile.TemporaryDirectory(prefix="speechdistill-benchmark.", dir=options.work_dir) as scratch:
             work_dir = Path(scratch)
-            from ..bin.bench_augment import make_bench_data
+            from .input_path import make_bench_data
             data_dirs = make_bench_data(work_dir / "pipeline")
             timed("peak", lambda: peak_section(device, plan, sizes, progress))
             peaks = result["peak"]["flops"] if "peak" in result else {}

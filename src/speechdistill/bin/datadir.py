@@ -20,37 +20,13 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
-from speechdistill.data.kaldi_options import HelpRequested, KaldiArgs, Option, UsageError
+from speechdistill.data.kaldi_options import HelpRequested, KaldiArgs, Option, UsageError, kaldi_logging
+from speechdistill.data.filters import filter_by_ids, read_lines, spk2utt_from_utt2spk, utt2spk_from_spk2utt
 from speechdistill.data.tables import DataDirError
 
 logger = logging.getLogger("speechdistill.data")
-
-
-class _PrefixFormatter(logging.Formatter):
-    def __init__(self, prog: str):
-        super().__init__()
-        self.prog = prog
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = "WARNING: " if record.levelno >= logging.WARNING else ""
-        return f"{self.prog}: {level}{record.getMessage()}"
-
-
-def _setup_logging(prog: str, log_file: Optional[Path] = None) -> None:
-    root = logging.getLogger("speechdistill")
-    root.handlers.clear()
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrefixFormatter(prog))
-    root.addHandler(handler)
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root.addHandler(file_handler)
 
 
 # ==================================================================================== validate
@@ -129,7 +105,8 @@ SUBSET = KaldiArgs(
 
 
 def cmd_subset(argv: Sequence[str]) -> int:
-    from speechdistill.data.datadir import DataDir, read_id_list, subset_data_dir
+    from speechdistill.data.datadir import DataDir
+    from speechdistill.data.operations import read_id_list, subset_data_dir
 
     opts, positional = SUBSET.parse(argv)
     modes = [m for m in SUBSET_SWITCHES if opts[m]] + [m for m in ("utt_list", "spk_list") if opts[m]]
@@ -167,7 +144,8 @@ COMBINE = KaldiArgs(
 
 
 def cmd_combine(argv: Sequence[str]) -> int:
-    from speechdistill.data.datadir import DataDir, combine_data_dirs
+    from speechdistill.data.datadir import DataDir
+    from speechdistill.data.operations import combine_data_dirs
     from speechdistill.data.fix import fix_data_dir
 
     opts, (dest, *sources) = COMBINE.parse(argv)
@@ -190,7 +168,8 @@ COPY = KaldiArgs(
 
 
 def cmd_copy(argv: Sequence[str]) -> int:
-    from speechdistill.data.datadir import DataDir, copy_data_dir
+    from speechdistill.data.datadir import DataDir
+    from speechdistill.data.operations import copy_data_dir
 
     opts, (src, dst) = COPY.parse(argv)
     _refuse_same_dir(src, dst)
@@ -217,8 +196,9 @@ SPLIT = KaldiArgs(
 
 
 def cmd_split(argv: Sequence[str]) -> int:
-    from speechdistill.data.datadir import (DataDir, effective_num_parts, split_data_dir, split_dir_name,
-                                            split_is_up_to_date, write_split)
+    from speechdistill.data.datadir import DataDir
+    from speechdistill.data.operations import (effective_num_parts, split_data_dir, split_dir_name,
+                                               split_is_up_to_date, write_split)
 
     opts, (directory, num) = SPLIT.parse(argv)
     try:
@@ -258,7 +238,7 @@ def cmd_get_lengths(argv: Sequence[str]) -> int:
 
     opts, (directory,) = LENGTHS.parse(argv)
     log_file = Path(directory) / "log" / "get_utt2num_samples.log"
-    _setup_logging("get_utt2num_samples.sh", log_file)
+    kaldi_logging("get_utt2num_samples.sh", log_file)
     data = DataDir.load(directory)
     data.table("wav.scp")
     report = compute_lengths(data, nj=max(1, opts["nj"]), read_entire_file=opts["read_entire_file"],
@@ -279,17 +259,6 @@ def cmd_get_lengths(argv: Sequence[str]) -> int:
 
 
 # ================================================================================ byte filters
-def _read_inputs(paths: Sequence[str]) -> List[bytes]:
-    if not paths:
-        return sys.stdin.buffer.read().splitlines()
-    lines: List[bytes] = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise DataDirError(f"{path}: file not found")
-        lines.extend(Path(path).read_bytes().splitlines())
-    return lines
-
-
 SPK2UTT = KaldiArgs("utt2spk_to_spk2utt.pl", "[<utt2spk>] > spk2utt", [], min_positional=0, max_positional=1,
                     description="Speakers in order of first appearance, utterances in input order.")
 UTT2SPK = KaldiArgs("spk2utt_to_utt2spk.pl", "[<spk2utt>] > utt2spk", [], min_positional=0, max_positional=1,
@@ -298,31 +267,13 @@ UTT2SPK = KaldiArgs("spk2utt_to_utt2spk.pl", "[<spk2utt>] > utt2spk", [], min_po
 
 def cmd_spk2utt(argv: Sequence[str]) -> int:
     _, paths = SPK2UTT.parse(argv)
-    spk2utt: Dict[bytes, List[bytes]] = {}
-    for number, line in enumerate(_read_inputs(paths), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            raise DataDirError(f"{paths[0] if paths else '<stdin>'}:{number}: expected '<utt> <spk>', found "
-                               f"{len(fields)} field(s)")
-        spk2utt.setdefault(fields[1], []).append(fields[0])
-    sys.stdout.buffer.write(b"".join(spk + b" " + b" ".join(utts) + b"\n" for spk, utts in spk2utt.items()))
+    sys.stdout.buffer.write(spk2utt_from_utt2spk(read_lines(paths), paths[0] if paths else "<stdin>"))
     return 0
 
 
 def cmd_utt2spk(argv: Sequence[str]) -> int:
     _, paths = UTT2SPK.parse(argv)
-    out = []
-    for number, line in enumerate(_read_inputs(paths), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) < 2:
-            raise DataDirError(f"{paths[0] if paths else '<stdin>'}:{number}: speaker '{fields[0].decode(errors='replace')}'"
-                               " has no utterances")
-        out.extend(utt + b" " + fields[0] + b"\n" for utt in fields[1:])
-    sys.stdout.buffer.write(b"".join(out))
+    sys.stdout.buffer.write(utt2spk_from_spk2utt(read_lines(paths), paths[0] if paths else "<stdin>"))
     return 0
 
 
@@ -355,18 +306,9 @@ def cmd_filter_scp(argv: Sequence[str]) -> int:
     if not args:
         raise UsageError(f"missing <id-list>. Usage: filter_scp.pl {FILTER_USAGE}")
     id_path, inputs = args[0], args[1:]
-    ids = {line.split()[0] for line in _read_inputs([id_path]) if line.split()}
-    out = []
-    for number, line in enumerate(_read_inputs(inputs), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) < field_index:
-            raise DataDirError(f"{inputs[0] if inputs else '<stdin>'}:{number}: has {len(fields)} field(s), but -f "
-                               f"{field_index} was asked for")
-        if (fields[field_index - 1] in ids) != exclude:
-            out.append(line + b"\n")
-    sys.stdout.buffer.write(b"".join(out))
+    ids = {line.split()[0] for line in read_lines([id_path]) if line.split()}
+    sys.stdout.buffer.write(filter_by_ids(read_lines(inputs), ids, field_index, exclude,
+                                          inputs[0] if inputs else "<stdin>"))
     return 0
 
 
@@ -396,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 1
     prog = PARSERS[command].prog if command in PARSERS else "filter_scp.pl"
-    _setup_logging(prog)
+    kaldi_logging(prog)
     try:
         return COMMANDS[command](rest)
     except HelpRequested:

@@ -21,12 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--student", type=Path, required=True, help="our model dir (a distilled student)")
     parser.add_argument("--out", type=Path, required=True, help="model dir to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation (default 0)")
+    parser.add_argument("--skip-if-current", "--skip_if_current", action="store_true",
+                        help="do nothing when --out already holds a random student written after --student's weights "
+                             "(a rerun of the recipe stage)")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from speechdistill.distill.report import save_random_student
+    from speechdistill.models.checkpoints import WEIGHTS_FILE
+
+    written, source = args.out / WEIGHTS_FILE, args.student / WEIGHTS_FILE
+    if args.skip_if_current and written.is_file() and source.is_file() and \
+            written.stat().st_mtime >= source.stat().st_mtime:
+        print(f"random_student: {args.out} is newer than {args.student}; kept", file=sys.stderr)
+        return 0
 
     save_random_student(args.student, args.out, seed=args.seed)
     print(f"random_student: {args.out} (architecture of {args.student}, seed {args.seed})", file=sys.stderr)

@@ -14,8 +14,11 @@ Kaldi/ESPnet script works here unchanged:
 """
 from __future__ import annotations
 
+import logging
+import sys
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
@@ -130,3 +133,31 @@ def _show(value: Any) -> str:
     if isinstance(value, list):
         return '"' + " ".join(value) + '"'
     return repr(value) if value == "" else str(value)
+
+
+class _PrefixFormatter(logging.Formatter):
+    """Kaldi-style console lines: ``<prog>: <message>``, ``<prog>: WARNING: <message>``."""
+
+    def __init__(self, prog: str):
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "WARNING: " if record.levelno >= logging.WARNING else ""
+        return f"{self.prog}: {level}{record.getMessage()}"
+
+
+def kaldi_logging(prog: str, log_file: Optional[Path] = None) -> None:
+    """speechdistill's log lines to stderr as the Kaldi scripts print them, and in full to ``log_file``."""
+    root = logging.getLogger("speechdistill")
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrefixFormatter(prog))
+    root.addHandler(handler)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(file_handler)

@@ -25,6 +25,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .datadir import (FIELD_COUNTS, FIX_HINT, DataDir, parse_segment, spk2utt_to_utt2spk, utt2spk_to_spk2utt,
                       wav_fingerprint)
+from .lengths import measure_utterances
 from .tables import DataDirError, PathLike, TableScan, bom_problem, format_error, scan_table
 
 logger = logging.getLogger("speechdistill.data")
@@ -391,7 +392,6 @@ class _Validator:
                          fix=f"rerun utils/get_utt2num_samples.sh {self.path} (it re-measures only those)")
 
     def check_audio(self, utts: Sequence[str]) -> None:
-        from .lengths import measure_utterances
 
         if "wav.scp" not in self.tables or ((self.path / "segments").is_file() and "segments" not in self.tables):
             self.warn(f"{self.path}: audio not checked; fix the wav.scp/segments problems above first")

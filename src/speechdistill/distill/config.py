@@ -36,12 +36,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
-from ..config import ConfigError
+from ..config import ConfigError, load_yaml
 from ..losses import LossTerm, check_terms
 from ..losses.enhancement import ENHANCEMENT_LOSSES
 from ..train.config import TrainerConfig
+from ..models.masking import MaskingConfig
 
 HEAD_PREFIX = "head"
 
@@ -117,30 +119,6 @@ class TargetMapping:
                               "predict) or, for projections, layer_groups")
         fields.update(source_layers=list(self.source_layers), target_layers=list(self.target_layers))
         return fields
-
-
-@dataclass
-class MaskingConfig:
-    """Span masking of the student input (and the masked teacher pass of masking distillation).
-
-    Masks follow fairseq ``compute_mask_indices`` (:mod:`speechdistill.models.masking`); the same
-    indices replace frames by the student's mask embedding and by the teacher's own in the masked
-    teacher pass. ``mask_prob: 0`` turns masking off.
-    """
-
-    mask_prob: float = _opt(0.0, "fairseq mask_prob: spans = mask_prob * frames / mask_length, i.e. the masked "
-                                 "fraction before overlaps; 0 = no masking")
-    mask_length: int = _opt(10, "span length (static) or its mean")
-    selection: Literal["static", "uniform", "normal", "poisson"] = _opt("static", "span-length distribution")
-    mask_other: float = _opt(0.0, "selection parameter (uniform: lower bound of the span length)")
-    no_overlap: bool = _opt(False, "place spans without overlap")
-    min_space: int = _opt(0, "with no_overlap: unmasked frames kept between spans")
-    min_masks: int = _opt(0, "minimum number of spans per utterance")
-    require_same_masks: bool = _opt(True, "cut every row to the batch's smallest masked-frame count")
-
-    @property
-    def enabled(self) -> bool:
-        return self.mask_prob > 0
 
 
 @dataclass
@@ -276,3 +254,27 @@ class DistillConfig(TrainerConfig):
         if not c.enabled and (c.noise_data or c.rir_data or c.overrides):
             raise ConfigError("config.corruption: noise_data/rir_data/overrides are set but corruption.preset is "
                               "null; name an augmentation preset (robustdistiller) or drop them")
+
+
+def config_chain(path: Union[str, Path]) -> List[Path]:
+    """``path`` and every config its ``next_stage`` keys lead to, in order (each next to ``path``).
+
+    Raises:
+        ConfigError: a config that does not exist, or a chain that comes back to a config it passed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: method config not found; pick one of conf/*.yaml (e.g. conf/distilhubert.yaml)")
+    chain = [path]
+    while True:
+        following = (load_yaml(chain[-1]) or {}).get("next_stage")
+        if not following:
+            return chain
+        current = path.parent / following
+        if not current.is_file():
+            raise ConfigError(f"{chain[-1]}: next_stage {following} not found next to it ({current}). Fix: put "
+                              f"{following} beside it or correct next_stage")
+        if current in chain:
+            raise ConfigError(f"{chain[-1]}: next_stage {following} leads back to a config of the chain "
+                              f"({' -> '.join(map(str, chain))})")
+        chain.append(current)

@@ -25,10 +25,11 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import ConfigError, dump_yaml, from_dict, load_yaml, merge, to_dict
+from ..config import dump_yaml, from_dict, load_yaml, merge, to_dict
 from ..data.tables import atomic_write_text
 from ..models.config import EncoderConfig, architecture
 from ..models.students import TeacherInit, load_preset
+from .config import config_chain
 
 REFERENCE_CONV_CHANNELS = 512  # HuBERT/wav2vec 2.0 Base CNN width, what the presets' CNNs are drawn for
 
@@ -124,22 +125,15 @@ def write_demo_configs(method_path: Path, teacher: EncoderConfig, overlay_path: 
     """Write the demo config of ``method_path`` and of every ``next_stage`` after it into ``out_dir``
     (same file names); returns the paths, first the one to pass as ``--distill_config``."""
     method_path, out_dir = Path(method_path), Path(out_dir)
-    if not method_path.is_file():
-        raise ConfigError(f"{method_path}: method config not found; pick one of conf/*.yaml (e.g. "
-                          "conf/distilhubert.yaml)")
+    chain = config_chain(method_path)
     overlay = load_yaml(overlay_path)
     written: List[Path] = []
-    current: Optional[Path] = method_path
     out_dir.mkdir(parents=True, exist_ok=True)
-    while current is not None:
+    for current in chain:
         data = demo_config(current, teacher, overlay)
         header = (f"# Demo version of {current} (written by speechdistill.distill.demo; edits are overwritten):\n"
                   f"# student sized to the demo teacher, schedule from {overlay_path}.\n")
         path = out_dir / current.name
         atomic_write_text(path, header + dump_yaml(to_dict(data)))
         written.append(path)
-        following = data.get("next_stage")
-        current = method_path.parent / following if following else None
-        if current is not None and not current.is_file():
-            raise ConfigError(f"{written[-1]}: next_stage {following} not found next to {method_path}")
     return written

@@ -301,11 +301,7 @@ def normalize_activate(block: nn.Module, y: torch.Tensor, lengths: Optional[List
     if isinstance(block.norm, nn.GroupNorm) and not folds_group_norm(block):
         y = time_major_group_norm(y, lengths, block.norm)
     elif isinstance(block.norm, nn.LayerNorm):
-        if channel_mask is not None:
-            from ..models.components import masked_layer_norm  # (plain PyTorch; the model imports this package)
-            y = masked_layer_norm(y, channel_mask != 0, block.norm.weight, block.norm.bias, block.norm.eps)
-        else:
-            y = F.layer_norm(y, (y.shape[-1],), block.norm.weight, block.norm.bias, block.norm.eps)
+        y = block.layer_norm(y, channel_mask)
     if in_place:
         y = torch.ops.aten.gelu_(y)
         return zero_padded_frames(y if channel_mask is None else y.mul_(channel_mask.to(y.dtype)), lengths)

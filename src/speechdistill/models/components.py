@@ -173,6 +173,14 @@ class ConvBlock(nn.Module):
     def out_channels(self) -> int:
         return self.conv.out_channels
 
+    def layer_norm(self, y: torch.Tensor, channel_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The block's LayerNorm over the channels of time-major y [B, T, C]; with a channel gate only the
+        gated channels count (:func:`masked_layer_norm`)."""
+        norm = self.norm
+        if channel_mask is not None:
+            return masked_layer_norm(y, channel_mask != 0, norm.weight, norm.bias, norm.eps)
+        return F.layer_norm(y, (y.shape[-1],), norm.weight, norm.bias, norm.eps)
+
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 channel_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """
@@ -192,12 +200,7 @@ class ConvBlock(nn.Module):
         if isinstance(self.norm, nn.GroupNorm):
             y = masked_group_norm(y, lengths, self.norm)
         elif isinstance(self.norm, nn.LayerNorm):
-            t = y.transpose(1, 2)
-            if channel_mask is not None:
-                t = masked_layer_norm(t, channel_mask != 0, self.norm.weight, self.norm.bias, self.norm.eps)
-            else:
-                t = F.layer_norm(t, (t.shape[-1],), self.norm.weight, self.norm.bias, self.norm.eps)
-            y = t.transpose(1, 2)
+            y = self.layer_norm(y.transpose(1, 2), channel_mask).transpose(1, 2)
         y = F.gelu(y)
         if channel_mask is not None:
             y = y * channel_mask.to(y.dtype)[:, None]

@@ -17,7 +17,8 @@ Per utterance of ``n`` valid frames:
 """
 from __future__ import annotations
 
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -138,3 +139,31 @@ def span_mask(frame_lengths: Union[torch.Tensor, Sequence[int]], num_frames: int
                                 no_overlap=no_overlap, min_space=min_space,
                                 require_same_masks=require_same_masks, rng=rng)
     return torch.from_numpy(mask).to(device if device is not None else "cpu", non_blocking=True)
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - the word --help prints
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class MaskingConfig:
+    """Span masking of the student input (and the masked teacher pass of masking distillation).
+
+    Masks follow fairseq ``compute_mask_indices`` (:mod:`speechdistill.models.masking`); the same
+    indices replace frames by the student's mask embedding and by the teacher's own in the masked
+    teacher pass. ``mask_prob: 0`` turns masking off.
+    """
+
+    mask_prob: float = _opt(0.0, "fairseq mask_prob: spans = mask_prob * frames / mask_length, i.e. the masked "
+                                 "fraction before overlaps; 0 = no masking")
+    mask_length: int = _opt(10, "span length (static) or its mean")
+    selection: Literal["static", "uniform", "normal", "poisson"] = _opt("static", "span-length distribution")
+    mask_other: float = _opt(0.0, "selection parameter (uniform: lower bound of the span length)")
+    no_overlap: bool = _opt(False, "place spans without overlap")
+    min_space: int = _opt(0, "with no_overlap: unmasked frames kept between spans")
+    min_masks: int = _opt(0, "minimum number of spans per utterance")
+    require_same_masks: bool = _opt(True, "cut every row to the batch's smallest masked-frame count")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mask_prob > 0

@@ -33,7 +33,7 @@ from typing import Any, List, Literal, Optional, Tuple
 
 from ..config import ConfigError
 from ..data.features import MfccOptions, num_frames
-from ..distill.config import MaskingConfig
+from ..models.masking import MaskingConfig
 from ..models.config import EncoderConfig
 from ..models.export_hf import _check_expressible as check_exportable
 from ..train.config import TrainerConfig

@@ -9,7 +9,7 @@ Quick use (a task implements :class:`Task`; its config subclasses :class:`Traine
 Entry points use :func:`speechdistill.train.cli.train_main`.
 """
 # Exit code of a run stopped by SIGTERM/SIGUSR1 after writing a checkpoint (99); the launcher owns it
-# and requeues jobs that exit with it. Imported first: trainer.py takes it from this package.
+# and requeues jobs that exit with it.
 from ..launch import REQUEUE_EXIT_CODE
 from .config import TrainerConfig
 from .optim import decay_param_groups, lr_multiplier

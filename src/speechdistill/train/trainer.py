@@ -39,7 +39,7 @@ from .. import kernels
 from ..config import dump_yaml, load_yaml, to_dict
 from ..data.audio import SAMPLE_RATE
 from ..data.tables import atomic_write_text
-from . import REQUEUE_EXIT_CODE
+from ..launch import REQUEUE_EXIT_CODE
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import TrainerConfig
@@ -196,6 +196,8 @@ class Trainer:
         self.logger = None
         run_lock = None
         try:
+            if self.is_main:  # a read-only or full output dir is named before anything is written in it
+                _check_writable(self.output_dir)
             # one run per output dir, for the run's lifetime (a second one stops here, naming the holder)
             run_lock = lock_run_dir(self.output_dir, self.is_main, dist_utils.all_gather_objects)
             for signum in (signal.SIGTERM, signal.SIGUSR1):
@@ -247,7 +249,6 @@ class Trainer:
     def _run(self) -> TrainResult:
         config, env = self.config, self.env
         if self.is_main:
-            _check_writable(self.output_dir)
             ckpt.remove_stale_temporaries(self.checkpoint_dir)
         dist_utils.barrier()
         self.logger = setup_logger(self.output_dir / "train.log", env.rank)
