@@ -59,7 +59,7 @@ if [ "${current_torch}" != "${th_version}" ]; then
         "${pip[@]}" install "torch==${th_version}"
     fi
 fi
-echo "tools/install.sh: installing speechdistill[synth,test] (editable)"
-(cd "${root}" && "${pip[@]}" install -q -e ".[synth,test]")
+echo "tools/install.sh: installing speechdistill[synth,onnx,test] (editable)"
+(cd "${root}" && "${pip[@]}" install -q -e ".[synth,onnx,test]")
 want_stamp > "${stamp}.tmp" && mv "${stamp}.tmp" "${stamp}"
 echo "tools/install.sh: done. Activate with: . tools/activate_python.sh"
