@@ -354,9 +354,10 @@ def test_queue_conf_requires_dollar0_in_star_options(cluster):
 
 
 def test_readme_shows_the_sbatch_lines_of_1_8_and_2x4_gpu_training_jobs(cluster):
-    """README "One GPU, several GPUs, a Slurm cluster": the lines utils/launch_training.sh and slurm.pl submit
+    """docs/clusters.md (and the README's 8-GPU example): the lines utils/launch_training.sh and slurm.pl submit
     for stage 3 with the default conf/slurm.conf and cmd.sh's cuda_cmd."""
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "clusters.md").read_text()
+    short = (REPO / "README.md").read_text()
     log = "exp/distill_distilhubert/log/distill_train.log"
     for options in (["--ngpu", "1"], ["--ngpu", "8"], ["--ngpu", "4", "--num_nodes", "2"]):
         cluster.run("launch_training.sh", "--cmd", f"{UTILS / 'slurm.pl'} --mem 16G", *options, log, "python", "-m",
@@ -364,3 +365,5 @@ def test_readme_shows_the_sbatch_lines_of_1_8_and_2x4_gpu_training_jobs(cluster)
                     extra_env={"FAKE_SCHED_MODE": "lose"})
         line = "sbatch " + " ".join(cluster.calls("sbatch")[-1]).replace(f"{cluster.dir}/", "$PWD/")
         assert f"# ./run.sh --stage 3 --stop_stage 3 {' '.join(options)}\n{line}\n" in readme
+        if options == ["--ngpu", "8"]:
+            assert f"\n{line}\n" in short

@@ -35,7 +35,7 @@ from speechdistill.models.students import load_preset  # noqa: E402
 WAVLM_PRESETS = {"armwavlm_s", "rd_dpwavlm"}
 STEPS = 6
 TINY_ARGS = (f"--max_steps {STEPS} --batch_seconds 1.0 --max_seconds 0.5 --min_seconds 0.3 --accum_steps 1 "
-             "--precision fp32 --teacher_precision fp32 --num_workers 0 --threads 1 --valid_at_start false "
+             "--precision fp32 --teacher_precision fp32 --num_workers 0 --threads 1 --valid_at_start true "
              f"--valid_every 0 --log_every {STEPS // 2} --checkpoint_every {STEPS}")
 
 
@@ -116,7 +116,12 @@ def test_stages_2_3_produce_a_loadable_student(name, recipe, preset_runs):
     summary = json.loads((exp / "distill_summary.json").read_text())
     assert summary["teacher_forward_audio_sec_per_sec"] > 0
     validated = [r for r in records if "valid/num_utts" in r]
-    assert validated and any(k.startswith(("valid/cos/layer", "valid/gram_cos/layer")) for k in validated[-1])
+    assert any(k.startswith(("valid/cos/layer", "valid/gram_cos/layer")) for k in validated[-1])
+    # training changed the student: the held-out scores of the same data before and after differ
+    start, end = validated[0], validated[-1]
+    assert start["step"] == 0 and end["step"] == STEPS
+    scores = [k for k in start if k.startswith("valid/") and k != "valid/num_utts"]
+    assert scores and max(abs(end[k] - start[k]) for k in scores) > 1e-4, (start, end)
 
 
 def test_stages_2_3_on_the_reference_kernels_the_gpu_path(recipe, hf_teachers, preset_runs, monkeypatch):
@@ -141,16 +146,28 @@ def test_stages_2_3_on_the_reference_kernels_the_gpu_path(recipe, hf_teachers, p
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
 
 
-def test_two_processes_through_torchrun(recipe, hf_teachers, preset_runs):
-    """--ngpu 2 on one node starts torchrun; on this CPU machine the two ranks train on gloo."""
+def test_two_processes_through_torchrun_equal_one_process_accumulating(recipe, hf_teachers, preset_runs):
+    """--ngpu 2 on one node starts torchrun; on this CPU machine the two ranks train on gloo. Without dropout
+    (crops are drawn from (seed, epoch, utterance) alone) two ranks with one batch each per update must end
+    where one process accumulating the same two batches ends: the sampler gives rank r the global batches
+    r, r + 2, ..., which the single process takes in order."""
     name = "distilhubert"
-    result = _run(recipe, "--stage", "2", "--stop_stage", "3", "--ngpu", "2", *_teacher_args(name, hf_teachers),
-                  "--distill_config", f"conf/{name}.yaml", "--distill_exp", "exp/distill_torchrun",
-                  "--distill_args", TINY_ARGS.replace(f"--max_steps {STEPS}", "--max_steps 2") + " --device cpu")
-    assert result.returncode == 0, _output(result)
-    log = (recipe / "exp" / "distill_torchrun" / "train.log").read_text()
-    assert "launcher torchrun: rank 0 of 2" in log
-    assert load_model(recipe / "exp" / "distill_torchrun" / "student") is not None
+    no_dropout = " ".join(f"--student_encoder.{key} 0.0" for key in ("dropout", "attention_dropout",
+                                                                      "activation_dropout", "dropout_input"))
+    args = TINY_ARGS.replace(f"--max_steps {STEPS}", "--max_steps 2") + f" --device cpu {no_dropout}"
+    runs = {}
+    for exp, ngpu, accum in (("distill_torchrun", "2", "1"), ("distill_accumulate", "0", "2")):
+        result = _run(recipe, "--stage", "2", "--stop_stage", "3", "--ngpu", ngpu, *_teacher_args(name, hf_teachers),
+                      "--distill_config", f"conf/{name}.yaml", "--distill_exp", f"exp/{exp}",
+                      "--distill_args", args.replace("--accum_steps 1", f"--accum_steps {accum}"))
+        assert result.returncode == 0, _output(result)
+        runs[exp] = load_model(recipe / "exp" / exp / "student").state_dict()
+    assert "launcher torchrun: rank 0 of 2" in (recipe / "exp" / "distill_torchrun" / "train.log").read_text()
+    teacher = load_model(recipe / "exp" / "teacher_hubert").state_dict()
+    copied = "layers.0.feed_forward.fc1.weight"  # initialised from the teacher's layer 0, then trained
+    assert copied in teacher and not torch.equal(runs["distill_torchrun"][copied], teacher[copied])
+    for key, value in runs["distill_accumulate"].items():
+        torch.testing.assert_close(runs["distill_torchrun"][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 @pytest.mark.parametrize("name,kind", [("starhubert", "Gram cos"), ("distilhubert", "cos")])

@@ -1,7 +1,7 @@
 """Checkpoint files: atomic writes, the last K kept, every RNG captured and restored.
 
 A checkpoint is one ``torch.save`` file ``checkpoints/ckpt-<step>.pt`` holding a dict; its keys
-are documented in ``Trainer._checkpoint_state``. It is written to a temporary name in the same
+are documented in :mod:`.run_state`. It is written to a temporary name in the same
 directory, flushed to disk and renamed, so a run killed at any moment leaves either the previous
 set of checkpoints or the new one, never a truncated file.
 """

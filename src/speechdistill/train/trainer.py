@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
-import resource
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -42,20 +37,19 @@ from ..data.tables import atomic_write_text
 from ..launch import REQUEUE_EXIT_CODE
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
+from . import run_state
 from .config import TrainerConfig
-from .loader import build_loader
+from .data_setup import SkippedUtterances, build_train_data
+from .log_window import LogWindow, update_line
 from .logs import MetricsWriter, close_logger, setup_logger, write_plots
 from .optim import (build_optimizer, clip_multiplier, flip_ascent_gradients, gradient_norm, group_learning_rates,
-                    load_optimizer_state, step_with_multiplier)
+                    step_with_multiplier)
 from .precision import autocast, common_precision, resolve_device, resolve_precision, set_float32_matmul
 from .run_lock import lock_run_dir
-from .task import StepOutput, Task, TrainContext, item_extras_of, item_fields_of
+from .runtime import TrainingError, check_writable, deterministic, peak_memory_mb, seed_everything, shut_down_workers
+from .task import StepOutput, Task, TrainContext
 
-
-
-class TrainingError(ValueError):
-    """The run cannot go on (diverged, unreadable data); the message says where and what to do."""
-
+__all__ = ["Trainer", "TrainResult", "TrainingError", "seed_everything"]
 
 @dataclass
 class TrainResult:
@@ -68,70 +62,6 @@ class TrainResult:
     @property
     def exit_code(self) -> int:
         return REQUEUE_EXIT_CODE if self.status == "preempted" else 0
-
-
-def _shut_down_workers(loader: Optional[torch.utils.data.DataLoader]) -> None:
-    """Stop a DataLoader's persistent workers now rather than at interpreter exit.
-
-    Workers ignore SIGTERM (see :func:`.loader.ignore_stop_signals`), and at exit ``multiprocessing``
-    terminates leftover daemonic workers with SIGTERM and waits for them, which would never end.
-    The DataLoader's own shutdown lets them exit cleanly; any that do not are killed.
-    """
-    iterator = getattr(loader, "_iterator", None) if loader is not None else None
-    if iterator is None:
-        return
-    workers = list(getattr(iterator, "_workers", ()))
-    shutdown = getattr(iterator, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
-    for worker in workers:
-        if worker.is_alive():
-            worker.kill()
-            worker.join(timeout=5)
-    loader._iterator = None
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    """Deterministic algorithms for the body (cuBLAS needs its workspace config before its first use in the
-    process), then the previous settings."""
-    if not enabled:
-        yield
-        return
-    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-              torch.backends.cudnn.deterministic)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1], before[2]
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far in MiB: on CUDA what tensors took on the device, elsewhere the process's peak
-    resident memory."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _check_writable(directory: Path) -> None:
-    """Create the output dir and write a file in it, or fail naming the dir (read-only, full, no permission)."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise TrainingError(ckpt.write_failure(directory, exc, "the run's output (--output-dir)")) from None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -149,10 +79,6 @@ class _Accumulated:
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> Dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 class Trainer:
@@ -179,8 +105,8 @@ class Trainer:
         self.module: Optional[torch.nn.Module] = None  # the unwrapped trainable module, after run()
         self._stop_signal: Optional[str] = None
         self._grad_multiplier: Optional[torch.Tensor] = None  # accumulation rescale x clip, for the next update
-        self._skipped_keys: set = set()
         self._stream: Optional[Iterator[Dict[str, Any]]] = None
+        self.data = None
         self.on_update = on_update
 
     # ------------------------------------------------------------------ setup
@@ -197,19 +123,20 @@ class Trainer:
         run_lock = None
         try:
             if self.is_main:  # a read-only or full output dir is named before anything is written in it
-                _check_writable(self.output_dir)
+                check_writable(self.output_dir)
             # one run per output dir, for the run's lifetime (a second one stops here, naming the holder)
             run_lock = lock_run_dir(self.output_dir, self.is_main, dist_utils.all_gather_objects)
             for signum in (signal.SIGTERM, signal.SIGUSR1):
                 previous_handlers[signum] = signal.signal(signum, self._on_signal)
             # (the policy fixed for the run: the environment is not read again on every model call)
-            with kernels.use(config.kernels or kernels.policy()), _deterministic(config.deterministic):
+            with kernels.use(config.kernels or kernels.policy()), deterministic(config.deterministic):
                 return self._run()
         finally:
             if getattr(self, "_stream", None) is not None:
                 self._stream.close()
-            _shut_down_workers(getattr(self, "loader", None))
-            _shut_down_workers(getattr(self, "valid_loader", None))
+            if getattr(self, "data", None) is not None:
+                shut_down_workers(self.data.loader)
+                shut_down_workers(self.data.valid_loader)
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             if self.logger is not None:
@@ -285,18 +212,19 @@ class Trainer:
         log.info("trainable parameters: %s in %d group(s): %s", f"{trainable:,}", len(self.optimizer.param_groups),
                  ", ".join(f"{n} (lr {lr:g})" for n, lr in group_learning_rates(self.optimizer).items()))
 
-        self._build_data()
+        self.data = build_train_data(config, self.task, env, self.device, log)
+        self.skipped = SkippedUtterances(config, self.data, self.output_dir, log, self.is_main)
         self.step = 0
-        self.counters = {"skipped_nonfinite": 0, "skipped_unreadable": 0}
+        self.skipped_nonfinite = 0
         self.last_checkpoint: Optional[Path] = None
-        self._checkpoint_step: Optional[int] = None
-        self._sampler_position = self.sampler.state_dict()
-        self._train_seconds = 0.0
+        self.checkpoint_step: Optional[int] = None  # the update of the last checkpoint written or resumed
+        self.sampler_position = self.data.sampler.state_dict()  # where the next batch comes from
+        self.train_seconds = 0.0
         self._valid_step = -1
         self._update_lrs = group_learning_rates(self.optimizer)
         fresh = resume_path is None
         if resume_path is not None:
-            self._restore(resume_path)
+            run_state.restore(self, resume_path)
         else:
             seed_everything(config.seed + env.rank)  # separate random streams (dropout, masks) per rank
         self._write_config(resumed=not fresh)
@@ -319,86 +247,11 @@ class Trainer:
             log.info("the run already reached max_steps=%d; nothing to train", config.max_steps)
             self._finish(validate=False)
             return TrainResult("finished", self.step, self.last_checkpoint)
-        if fresh and config.valid_at_start and self.valid_set is not None:
+        if fresh and config.valid_at_start and self.data.valid_set is not None:
             self._validate()
         return self._train_loop()
 
-    def _build_data(self) -> None:
-        config, env, log = self.config, self.env, self.logger
-        def make(data_dir: str, training: bool):
-            dataset, sampler, loader = build_loader(
-                config, data_dir, training=training, world_size=env.world_size, rank=env.rank,
-                fields=item_fields_of(self.task, Path(data_dir)),
-                extras=item_extras_of(self.task, Path(data_dir)) if training else None,
-                pin_memory=self.device.type == "cuda")
-            seconds = float(dataset.num_samples.sum()) / SAMPLE_RATE
-            amount = f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.1f} s"
-            batches = sampler.global_batches(0)
-            padded = sum(len(b) * max(int(dataset.cropped_num_samples[i]) for i in b) for b in batches)
-            real = float(dataset.cropped_num_samples.sum())
-            log.info("%s data %s: %d utterances, %s; %d skipped as shorter than min_seconds=%g; epoch 0: %d "
-                     "batches (%.1f utterances and %.1f s of audio each on average, %.1f%% padding)",
-                     "train" if training else "valid", data_dir, len(dataset), amount, len(dataset.skipped),
-                     config.min_seconds, len(batches), len(dataset) / len(batches), real / SAMPLE_RATE / len(batches),
-                     100.0 * (1 - real / padded))
-            return dataset, sampler, loader
-
-        self.train_set, self.sampler, self.loader = make(config.train_data, True)
-        self.valid_set = self.valid_sampler = self.valid_loader = None
-        if config.valid_data:
-            self.valid_set, self.valid_sampler, self.valid_loader = make(config.valid_data, False)
-        log.info("one update = %d rank(s) x %d micro-batch(es) of at most %.1f s = at most %.1f s of audio",
-                 env.world_size, config.accum_steps, config.batch_seconds,
-                 env.world_size * config.accum_steps * config.batch_seconds)
-        self._write_skipped_list()
-
     # ------------------------------------------------------------ bookkeeping
-    def _write_skipped_list(self) -> None:
-        """Rank 0 rewrites the too-short part of ``skipped_utts.txt``, keeping unreadable entries of earlier runs."""
-        path = self.output_dir / "skipped_utts.txt"
-        lines: List[str] = []
-        if path.is_file():
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if " too-short: " not in line]
-        self._skipped_keys = {line.split(" ", 2)[0] + " " + line.split(" ", 2)[1] for line in lines if " " in line}
-        for name, dataset in (("train", self.train_set), ("valid", self.valid_set)):
-            if dataset is None:
-                continue
-            lines.extend(f"{key} {name} {reason}" for key, reason in dataset.skipped)
-            if dataset.skipped:
-                self.logger.warning("%d %s utterance(s) shorter than min_seconds=%g are skipped; listed in %s",
-                                    len(dataset.skipped), name, self.config.min_seconds, path)
-        if self.is_main:
-            atomic_write_text(path, "".join(f"{line}\n" for line in lines))
-        self.counters_short = sum(len(d.skipped) for d in (self.train_set, self.valid_set) if d is not None)
-        self.failures_in_row = 0
-
-    def _note_failures(self, batch: Mapping[str, Any], split: str) -> None:
-        """Count unreadable utterances, list them, stop after too many in a row."""
-        failures = batch["failures"]
-        if failures:
-            if split == "train":
-                self.counters["skipped_unreadable"] += len(failures)
-            with open(self.output_dir / "skipped_utts.txt", "a", encoding="utf-8") as handle:
-                for key, message in failures:
-                    self.logger.warning("skipping unreadable %s utterance: %s", split, _one_line(message))
-                    if f"{key} {split}" not in self._skipped_keys:
-                        self._skipped_keys.add(f"{key} {split}")
-                        handle.write(f"{key} {split} unreadable: {_one_line(message)}\n")
-        limit = self.config.max_load_failures_in_row
-        messages = iter(message for _, message in failures)
-        for failed in batch["item_failed"]:
-            if not failed:
-                self.failures_in_row = 0
-                continue
-            self.failures_in_row += 1
-            message = next(messages)
-            if self.failures_in_row >= limit:
-                data_dir = self.config.train_data if split == "train" else self.config.valid_data
-                raise TrainingError(
-                    f"{self.failures_in_row} utterances in a row could not be read (max_load_failures_in_row); the "
-                    f"last one: {_one_line(message)}. Fix: check that the audio of {data_dir} is reachable from this "
-                    f"machine; the unreadable ones are listed in {self.output_dir / 'skipped_utts.txt'}")
-
     def _write_config(self, resumed: bool) -> None:
         if not self.is_main:
             return
@@ -413,94 +266,31 @@ class Trainer:
         atomic_write_text(path, dump_yaml(self.config))
 
     # ------------------------------------------------------------ checkpoints
-    def _checkpoint_state(self) -> Dict[str, Any]:
-        """Everything a resume needs; per-rank entries are gathered lists indexed by rank."""
-        per_rank = dist_utils.all_gather_objects({
-            "rng": ckpt.capture_rng_state(),
-            "task": self.task.state_dict(),
-            "sampler": dict(self._sampler_position),
-        })
-        totals = torch.tensor([float(self.counters["skipped_unreadable"])], dtype=torch.float64, device=self.device)
-        dist_utils.all_reduce_sum(totals)
-        return {
-            "step": self.step,
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "world_size": self.env.world_size,
-            "rng": [r["rng"] for r in per_rank],
-            "task": [r["task"] for r in per_rank],
-            "sampler": [r["sampler"] for r in per_rank],
-            "counters": {"skipped_nonfinite": self.counters["skipped_nonfinite"],
-                         "skipped_unreadable": int(totals.item())},
-            "train_seconds": self._train_seconds,
-            "config": to_dict(self.config),
-        }
-
     def _save_checkpoint(self) -> Path:
-        state = self._checkpoint_state()
+        state = run_state.capture(self)
         path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         if self.is_main:
             path = ckpt.save_checkpoint(state, self.checkpoint_dir, self.step, self.config.keep_checkpoints)
             self.logger.info("checkpoint %s", path)
         dist_utils.barrier()
         self.last_checkpoint = path
-        self._checkpoint_step = self.step
+        self.checkpoint_step = self.step
         return path
-
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path)
-        env, log = self.env, self.logger
-        try:
-            self.module.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise ckpt.CheckpointError(f"{path}: the model in the checkpoint does not match the task's model "
-                                       f"({_one_line(str(exc))[:300]}); resume with the configuration the run "
-                                       "started with, or use another output dir") from None
-        load_optimizer_state(self.optimizer, self.scheduler, state["optimizer"], state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.counters = dict(state["counters"])
-        if not self.is_main:
-            self.counters["skipped_unreadable"] = 0  # the saved value is the sum over ranks; rank 0 carries it
-        self._train_seconds = float(state.get("train_seconds", 0.0))
-        saved_world = int(state["world_size"])
-        if saved_world == env.world_size:
-            position = state["sampler"][env.rank]
-            self.task.load_state_dict(state["task"][env.rank])
-            ckpt.restore_rng_state(state["rng"][env.rank])
-        else:
-            # Another world size shards batches differently: continue from the same share of the epoch.
-            old = state["sampler"][0]
-            position = {"epoch": old["epoch"],
-                        "batch_index": math.ceil(old["batch_index"] * saved_world / env.world_size)}
-            self.task.load_state_dict(state["task"][min(env.rank, saved_world - 1)])
-            seed_everything(self.config.seed + env.rank + 7919 * self.step)
-            log.warning("the checkpoint was written by %d rank(s), this run has %d: resuming at the same point of "
-                        "the data, but random streams are reseeded (the run is not bit-identical to an "
-                        "uninterrupted one)", saved_world, env.world_size)
-        self.sampler.load_state_dict(position)
-        self._sampler_position = dict(position)
-        self.last_checkpoint = Path(path)
-        self._checkpoint_step = self.step
-        log.info("resumed at update %d (epoch %d, batch %d of this rank)", self.step, position["epoch"],
-                 position["batch_index"])
 
     # ------------------------------------------------------------------ loop
     def _train_batches(self) -> Iterator[Dict[str, Any]]:
         while True:
-            for batch in self.loader:
+            for batch in self.data.loader:
                 yield batch
-            self.sampler.set_epoch(self.sampler.epoch + 1)
+            self.data.sampler.set_epoch(self.data.sampler.epoch + 1)
 
     def _next_batch(self, stream: Iterator[Dict[str, Any]]) -> Dict[str, Any]:
         """The next batch with at least one readable utterance (records the sampler position)."""
         while True:
             batch = next(stream)
             epoch, index = batch["position"]
-            self._sampler_position = {"epoch": epoch, "batch_index": index + 1}
-            self._note_failures(batch, "train")
+            self.sampler_position = {"epoch": epoch, "batch_index": index + 1}
+            self.skipped.note(batch, "train")
             if batch["keys"]:
                 return batch
 
@@ -508,7 +298,7 @@ class Trainer:
         config = self.config
         self.nonfinite_in_row = 0
         stream = self._stream = self._train_batches()
-        window = self._new_window()
+        window = LogWindow(self.device)
         progress = tqdm(total=config.max_steps, initial=self.step, disable=not self.is_main, unit="step",
                         dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 60.0, file=sys.stderr,
                         desc="train")
@@ -524,17 +314,17 @@ class Trainer:
                 else:
                     self._apply_update()
                     progress.update(1)
-                    self._add_to_window(window, accumulated.micro_terms, grad_norm)
+                    window.add_update(accumulated.micro_terms, grad_norm)
                     if self.on_update is not None:
                         self.on_update(self.step)
                 elapsed = time.perf_counter() - started
-                window["seconds"] += elapsed
-                self._train_seconds += elapsed
+                window.seconds += elapsed
+                self.train_seconds += elapsed
                 if not nonfinite:
                     if self.step % config.log_every == 0 or self.step == config.max_steps:
                         self._log(window, progress)
-                        window = self._new_window()
-                    if config.valid_every and self.step % config.valid_every == 0 and self.valid_set is not None:
+                        window = LogWindow(self.device)
+                    if config.valid_every and self.step % config.valid_every == 0 and self.data.valid_set is not None:
                         self._validate()
                     if self.step % config.checkpoint_every == 0:
                         self._save_checkpoint()
@@ -545,8 +335,7 @@ class Trainer:
         self._finish(validate=self._valid_step != self.step)
         return TrainResult("finished", self.step, self.last_checkpoint)
 
-    def _accumulate_gradients(self, stream: Iterator[Dict[str, Any]], window: Dict[str, Any]
-                              ) -> Optional["_Accumulated"]:
+    def _accumulate_gradients(self, stream: Iterator[Dict[str, Any]], window: LogWindow) -> Optional["_Accumulated"]:
         """Forward and backward ``accum_steps`` micro-batches; see the module docstring for the scaling.
 
         A single-process run that receives SIGTERM/SIGUSR1 between two micro-batches drops the update in
@@ -559,16 +348,15 @@ class Trainer:
         acc = _Accumulated(flags=torch.zeros(2, device=self.device))
         start = None
         if self.config.accum_steps > 1 and not self.env.distributed:
-            start = (dict(self._sampler_position), ckpt.capture_rng_state(), self.task.state_dict())
-        seen = {"audio_seconds": 0.0, "padded_samples": 0.0, "real_samples": 0.0}
+            start = (dict(self.sampler_position), ckpt.capture_rng_state(), self.task.state_dict())
+        seen = [0.0, 0.0, 0.0]  # audio seconds, padded samples, real samples
         for micro in range(self.config.accum_steps):
             if micro and start is not None and self._stop_signal is not None:
                 self._drop_update(start, micro)
                 return None
             batch = self._next_batch(stream)
-            seen["audio_seconds"] += batch["audio_seconds"]
-            seen["padded_samples"] += batch["wavs"].numel()
-            seen["real_samples"] += batch["audio_seconds"] * SAMPLE_RATE
+            seen = [seen[0] + batch["audio_seconds"], seen[1] + batch["wavs"].numel(),
+                    seen[2] + batch["audio_seconds"] * SAMPLE_RATE]
             on_device = _to_device(batch, self.device)
             last = micro == self.config.accum_steps - 1
             # DDP all-reduces gradients in backward(); accumulating micro-batches skip it
@@ -591,8 +379,7 @@ class Trainer:
                 acc.flags += shared[1:]
                 self.scaler.scale(loss * count * world / acc.reference).backward()
             acc.micro_terms.append((loss.detach(), {k: v.detach().float() for k, v in out.terms.items()}, count))
-        for name, value in seen.items():
-            window[name] += value
+        window.add_data(*seen)
         return acc
 
     def _drop_update(self, start: tuple, done: int) -> None:
@@ -600,7 +387,7 @@ class Trainer:
         the random streams and the task (``start``: sampler position, RNG states, task state before it)."""
         position, rng, task_state = start
         self.optimizer.zero_grad(set_to_none=True)
-        self._sampler_position = position
+        self.sampler_position = position
         ckpt.restore_rng_state(rng)
         self.task.load_state_dict(task_state)
         self.logger.info("%s received after %d of %d micro-batches of update %d: the update is dropped and a rerun "
@@ -632,20 +419,10 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
 
-    @staticmethod
-    def _add_to_window(window: Dict[str, Any], micro_terms: List[tuple], grad_norm: torch.Tensor) -> None:
-        for loss_value, terms, count in micro_terms:
-            window["count"] += count
-            window["loss"] += loss_value * count
-            for name, value in terms.items():
-                window["terms"][name] = window["terms"].get(name, 0.0) + value * count
-        window["grad_norm"] += grad_norm.detach().float()
-        window["updates"] += 1
-
-    def _stop_for_requeue(self, window: Dict[str, Any], progress: tqdm) -> TrainResult:
-        if window["updates"]:
+    def _stop_for_requeue(self, window: LogWindow, progress: tqdm) -> TrainResult:
+        if window.updates:
             self._log(window, progress)
-        if self._checkpoint_step != self.step:
+        if self.checkpoint_step != self.step:
             self._save_checkpoint()
         self.logger.warning("%s received: stopped after update %d with checkpoint %s; exit code %d asks the "
                             "launcher to requeue, and a rerun resumes here", self._stop_signal or "stop request",
@@ -672,7 +449,7 @@ class Trainer:
     def _skip_update(self, micro_terms: List[tuple], gradient_only: bool) -> None:
         """A non-finite loss or gradient: no update, count it, stop after too many in a row."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.counters["skipped_nonfinite"] += 1
+        self.skipped_nonfinite += 1
         self.nonfinite_in_row += 1
         local = []
         for loss_value, terms, _ in micro_terms:
@@ -683,7 +460,7 @@ class Trainer:
         what = ", ".join(names) if names else ("the gradient" if gradient_only else "loss")
         attempted = self.step + 1
         self.logger.warning("update %d skipped: non-finite %s (%d in a row, %d skipped in total)", attempted, what,
-                            self.nonfinite_in_row, self.counters["skipped_nonfinite"])
+                            self.nonfinite_in_row, self.skipped_nonfinite)
         if self.nonfinite_in_row >= self.config.max_nonfinite_in_row:
             last = self.last_checkpoint if self.last_checkpoint is not None else "none yet"
             raise TrainingError(
@@ -692,55 +469,18 @@ class Trainer:
                 "or train in fp32/bf16, then rerun (it resumes from that checkpoint)")
 
     # -------------------------------------------------------------- logging
-    def _new_window(self) -> Dict[str, Any]:
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        return {"count": zero.clone(), "loss": zero.clone(), "terms": {}, "grad_norm": zero.clone(), "updates": 0,
-                "audio_seconds": 0.0, "padded_samples": 0.0, "real_samples": 0.0, "seconds": 0.0}
-
-    def _log(self, window: Dict[str, Any], progress: tqdm) -> None:
-        names = sorted(window["terms"])
-        host = [window["audio_seconds"], window["padded_samples"], window["real_samples"],
-                float(self.counters["skipped_unreadable"])]
-        on_device = [window["count"].double(), window["loss"].double(), window["grad_norm"].double()] + [
-            torch.as_tensor(window["terms"][n], dtype=torch.float64, device=self.device) for n in names]
-        if self.env.distributed:  # the host values join the one all-reduce (one copy to the device)
-            vector = torch.cat([torch.stack(on_device), torch.tensor(host, dtype=torch.float64).to(self.device)])
-            dist_utils.all_reduce_sum(vector)
-            values = vector.tolist()
-        else:  # one read from the device, nothing copied to it
-            values = torch.stack(on_device).tolist() + host
-        count, loss_sum, grad_norm_sum = values[:3]
-        term_sums = values[3:3 + len(names)]
-        audio, padded, real, unreadable = values[3 + len(names):]
-        seconds = max(window["seconds"], 1e-9)
-        updates = max(window["updates"], 1)
-        record: Dict[str, Any] = {"step": self.step, "epoch": self._sampler_position["epoch"],
-                                  "loss": loss_sum / count if count else float("nan")}
-        for name, value in zip(names, term_sums):
-            record[name] = value / count if count else float("nan")
-        for name, lr in self._update_lrs.items():
-            record[f"lr/{name}"] = lr
-        record.update({
-            "grad_norm": grad_norm_sum / self.env.world_size / updates,
-            "audio_sec_per_sec": audio / seconds,
-            "padding_fraction": 1.0 - real / padded if padded else 0.0,
-            "skipped_nonfinite": self.counters["skipped_nonfinite"],
-            "skipped_unreadable": int(unreadable),
-            "skipped_short": self.counters_short,
-            "elapsed_s": round(self._train_seconds, 3),
-        })
+    def _log(self, window: LogWindow, progress: tqdm) -> None:
+        losses, rates = window.summarise(self.skipped.unreadable, self.env.world_size)
+        record: Dict[str, Any] = {"step": self.step, "epoch": self.sampler_position["epoch"], **losses}
+        record.update({f"lr/{name}": lr for name, lr in self._update_lrs.items()})
+        record.update(rates)
+        record.update({"skipped_nonfinite": self.skipped_nonfinite, "skipped_short": self.skipped.short,
+                       "elapsed_s": round(self.train_seconds, 3)})
         if self.precision == "fp16":
             record["loss_scale"] = float(self.scaler.get_scale())
-        record["max_memory_mb"] = _peak_memory_mb(self.device)
+        record["max_memory_mb"] = peak_memory_mb(self.device)
         self.metrics.write(record)
-        terms_text = " ".join(f"{n} {record[n]:.4g}" for n in names)
-        lrs = " ".join(f"{k[3:]} {v:.3g}" for k, v in record.items() if k.startswith("lr/"))
-        self.logger.info("update %d/%d epoch %d: loss %.4g%s | lr %s | grad norm %.3g | %.1f audio-s/s | "
-                         "padding %.1f%% | skipped: %d non-finite, %d unreadable, %d short",
-                         self.step, self.config.max_steps, record["epoch"], record["loss"],
-                         f" ({terms_text})" if terms_text else "", lrs, record["grad_norm"],
-                         record["audio_sec_per_sec"], 100 * record["padding_fraction"], record["skipped_nonfinite"],
-                         record["skipped_unreadable"], record["skipped_short"])
+        self.logger.info("%s", update_line(record, sorted(window.terms), self.config.max_steps))
         progress.set_postfix_str(f"loss {record['loss']:.4g}, {record['audio_sec_per_sec']:.1f} audio-s/s",
                                  refresh=False)
 
@@ -751,12 +491,12 @@ class Trainer:
         sums: Dict[str, float] = {}
         utterances = 0
         module.eval()
-        saved_in_row = self.failures_in_row
+        saved_in_row = self.skipped.failures_in_row
         try:
             with ckpt.preserved_rng(), torch.no_grad(), autocast(self.device, self.precision):
-                self.valid_sampler.set_epoch(0)
-                for batch in self.valid_loader:
-                    self._note_failures(batch, "valid")
+                self.data.valid_sampler.set_epoch(0)
+                for batch in self.data.valid_loader:
+                    self.skipped.note(batch, "valid")
                     if not batch["keys"]:
                         continue
                     metrics = self.task.valid_step(module, _to_device(batch, self.device))
@@ -767,7 +507,7 @@ class Trainer:
                     utterances += size
         finally:
             module.train()
-            self.failures_in_row = saved_in_row
+            self.skipped.failures_in_row = saved_in_row
         gathered = dist_utils.all_gather_objects((utterances, sums))
         total = sum(n for n, _ in gathered)
         names = sorted({name for _, s in gathered for name in s})
@@ -781,13 +521,13 @@ class Trainer:
         return result
 
     def _finish(self, validate: bool) -> None:
-        if validate and self.valid_set is not None:
+        if validate and self.data.valid_set is not None:
             self._validate()
-        if self._checkpoint_step != self.step:
+        if self.checkpoint_step != self.step:
             self._save_checkpoint()
         if self.is_main:
             plots = write_plots(self.output_dir / "metrics.jsonl", self.output_dir / "plots")
             self.logger.info("wrote %d plot(s) in %s", len(plots), self.output_dir / "plots")
             self.task.export(self.module, self.output_dir)
-            self.logger.info("finished at update %d after %.1f s of training", self.step, self._train_seconds)
+            self.logger.info("finished at update %d after %.1f s of training", self.step, self.train_seconds)
         dist_utils.barrier()
