@@ -24,7 +24,7 @@ SLOW_MODULES = frozenset({
     "test_train_resume", "test_train_run_lock", "test_sv_train", "test_pretrain_cli", "test_gpu_path",
     "test_benchmark", "test_bad_inputs", "test_import_formats", "test_models_fullsize", "test_synth_corpora",
     "test_corpora_prep", "test_asr_train", "test_asr_decode", "test_sv_extract", "test_profile",
-    "test_export_onnx",
+    "test_export_onnx", "test_export_s3prl",
 })
 
 
