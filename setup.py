@@ -17,6 +17,8 @@ CORE = [
     "tqdm>=4.60",
     # PNG loss curves / DET curves; small, pure wheels, no GUI backend needed.
     "matplotlib>=3.7",
+    # Every training run writes its scalars as TensorBoard event files (<exp>/tensorboard/).
+    "tensorboard>=2.14",
 ]
 
 ONNX = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
