@@ -43,23 +43,24 @@ def short_cnn(conv_layers):
     return layers if len(layers) <= 3 else layers[:2] + layers[-1:]
 
 
-def small_teacher(architecture_name: str) -> Encoder:
+def small_teacher(architecture_name: str, cnn=short_cnn) -> Encoder:
     """The architecture's structure (norms, pre/post-LN, relative bias) at 128 wide, 64 CNN channels."""
     reference = architecture(architecture_name)
-    config = reference.replace(conv_layers=short_cnn([[64, k, s] for _, k, s in reference.conv_layers]),
+    config = reference.replace(conv_layers=cnn([[64, k, s] for _, k, s in reference.conv_layers]),
                                hidden_size=128, num_layers=LAYERS, num_heads=4, ffn_size=256, pos_conv_kernel=16,
                                pos_conv_groups=4, num_buckets=32, max_distance=64)
     torch.manual_seed(1)
     return randomize_(Encoder(config), seed=1).eval()
 
 
-def small_student(name: str):
-    """(encoder, heads) of preset ``name`` at small widths with at most LAYERS layers (pruned presets pruned)."""
+def small_student(name: str, cnn=short_cnn):
+    """(encoder, heads) of preset ``name`` at small widths with at most LAYERS layers (pruned presets pruned);
+    ``cnn`` picks the layers of the CNN."""
     preset = load_preset(name)
-    teacher = small_teacher(preset.teacher_architecture)
+    teacher = small_teacher(preset.teacher_architecture, cnn)
     overrides = scaled_student_encoder(name, {}, None, teacher.config)
     if "conv_layers" in overrides:
-        overrides["conv_layers"] = short_cnn(overrides["conv_layers"])
+        overrides["conv_layers"] = cnn(overrides["conv_layers"])
     layers = min(LAYERS, int(preset.encoder.get("num_layers", LAYERS)))
     overrides["num_layers"] = layers
     if preset.encoder.get("attention_reuse"):

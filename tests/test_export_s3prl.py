@@ -45,8 +45,12 @@ def s3prl_hidden_states(tmp_path, audio, checkpoints):
     return dict(np.load(tmp_path / "out.npz"))
 
 
+def whole_cnn(layers):
+    return layers
+
+
 def test_s3prl_distiller_loads_the_export_with_our_hidden_states_and_predictions(tmp_path, capsys):
-    encoder, heads = small_student("distilhubert")
+    encoder, heads = small_student("distilhubert", cnn=whole_cnn)  # (the distiller's frames are 320 samples)
     save_model(encoder, tmp_path / "student", heads=heads)
     with_heads, without = tmp_path / "distilhubert.ckpt", tmp_path / "encoder_only.ckpt"
     assert export_s3prl_cli.main([str(tmp_path / "student"), str(with_heads)]) == 0
@@ -78,10 +82,17 @@ def test_s3prl_distiller_loads_the_export_with_our_hidden_states_and_predictions
                                            ("oskdft_2024", "parallel adapters"),
                                            ("distilalhubert", "a LayerNorm on the CNN features")])
 def test_students_s3prl_cannot_express_are_refused_naming_the_other_routes(preset, reason, tmp_path, capsys):
-    encoder, heads = small_student(preset)
+    encoder, heads = small_student(preset, cnn=whole_cnn)
     save_model(encoder, tmp_path / "student", heads=heads)
     assert export_s3prl_cli.main([str(tmp_path / "student"), str(tmp_path / "x.ckpt")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("export_s3prl: error: s3prl's distiller cannot express this model: ")
     assert reason in error and "speechdistill.bin.export_onnx" in error and "speechdistill.bin.export_hf" in error
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_a_cnn_of_another_stride_is_refused(tmp_path, capsys):
+    encoder, heads = small_student("distilhubert")  # 3 of the 7 CNN layers: 20 samples per frame
+    save_model(encoder, tmp_path / "student", heads=heads)
+    assert export_s3prl_cli.main([str(tmp_path / "student"), str(tmp_path / "x.ckpt")]) == 1
+    assert "a CNN stride of 20 samples" in capsys.readouterr().err

@@ -8,8 +8,8 @@ Against :class:`~.encoder.EncoderOutput`: entry 0 is our ``projected_features``,
 ``hidden_states[1..L]``, the rest are our :class:`~.heads.PredictionHeads` outputs. A student without
 heads is written in s3prl's "self-hidden" form, whose predictions repeat entries 0..L.
 
-What s3prl's distiller can hold: a CNN without biases (GroupNorm in its first layer, or LayerNorm in every
-layer), an optional projection to the model width, post-LN layers of one shape (cyclic sharing is unrolled),
+What s3prl's distiller can hold: a CNN without biases of 320 samples stride (GroupNorm in its first layer, or
+LayerNorm in every layer), an optional projection to the model width, post-LN layers of one shape (cyclic sharing is unrolled),
 DistilHuBERT's prediction heads on the last layer, LayerNorm eps 1e-5, no waveform normalisation. Everything
 else (attention reuse, adapters, relative position bias, a feature LayerNorm, pre-LN layers, per-layer
 projection heads, pruned shapes) is refused, naming the ONNX and Hugging Face routes.
@@ -20,6 +20,7 @@ values in both).
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -35,6 +36,7 @@ from .heads import LayerProjections, PredictionHeads
 
 PathLike = Union[str, os.PathLike]
 S3PRL_EPS = 1e-5  # every LayerNorm and GroupNorm of s3prl's distiller uses torch's default eps
+S3PRL_FRAME_STRIDE = 320  # samples per frame, as the distiller upstream reports it to s3prl
 OTHER_ROUTES = ("export it with `python -m speechdistill.bin.export_onnx` (onnxruntime, any student), or with "
                 "`python -m speechdistill.bin.export_hf` where transformers can express it, or load our model "
                 "directory in Python with speechdistill.load_model")
@@ -61,6 +63,10 @@ def s3prl_problems(c: EncoderConfig, heads: Optional[nn.Module]) -> List[str]:
         problems.append(f"a CNN with conv_norm {c.conv_norm!r} (the distiller has 'group' or 'layer')")
     if c.feature_projection and c.conv_channels == c.hidden_size:
         problems.append("a feature projection between equal widths (the distiller has none there)")
+    stride = math.prod(int(layer[2]) for layer in c.conv_layers)
+    if stride != S3PRL_FRAME_STRIDE:
+        problems.append(f"a CNN stride of {stride} samples (the distiller upstream reports {S3PRL_FRAME_STRIDE}, "
+                        "so s3prl would give wrong frame lengths)")
     if c.layer_norm_eps != S3PRL_EPS:
         problems.append(f"LayerNorm eps {c.layer_norm_eps:g} (the distiller's are {S3PRL_EPS:g})")
     if isinstance(heads, LayerProjections):
