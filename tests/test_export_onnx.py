@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import soundfile
 import torch
 
 from speechdistill.bin import export_onnx as export_onnx_cli
@@ -27,9 +26,11 @@ from speechdistill.distill.demo import scaled_student_encoder
 from speechdistill.models import (Encoder, build_student, count_parameters, list_presets, load_heads, load_model,
                                   load_preset, save_model)
 from speechdistill.models.config import architecture
-from speechdistill.models.export_onnx import (OnnxModel, check_export, compare_outputs, export_onnx, padded,
-                                              quantize_int8, torch_outputs)
+from speechdistill.models.export_onnx import export_onnx, quantize_int8
+from speechdistill.models.onnx_runtime import (OnnxFrontend, OnnxModel, check_export, compare_outputs, padded,
+                                               torch_outputs)
 from speechdistill.models.pruning import prune, set_uniform_sparsity
+from _train_toy import make_data_dir
 from test_students import randomize_
 
 torch.set_num_threads(2)
@@ -98,31 +99,17 @@ def build_and_export(name: str, directory: str) -> str:
     return str(export_onnx(encoder, Path(directory) / "model.onnx", heads=heads).path)
 
 
-def _write_data_dir(directory: Path, seconds) -> Path:
-    (directory / "wav").mkdir(parents=True)
-    wav_scp, lengths, utt2spk = [], [], []
-    for index, audio in enumerate(utterances(seconds, seed=5)):
-        path = directory / "wav" / f"u{index}.flac"
-        soundfile.write(str(path), audio.numpy(), 16000)
-        wav_scp.append(f"u{index} {path}\n")
-        lengths.append(f"u{index} {len(audio)}\n")
-        utt2spk.append(f"u{index} s\n")
-    (directory / "wav.scp").write_text("".join(wav_scp))
-    (directory / "utt2num_samples").write_text("".join(lengths))
-    (directory / "utt2spk").write_text("".join(utt2spk))
-    return directory
-
-
 def start_cli_export(root: Path):
     """The command-line export of a small ARMHuBERT-S (int8, heads, two layers, checked on a data dir),
     started at once in its own process: (process, student dir, data dir, output path)."""
     encoder, heads = small_student("armhubert_s")
     save_model(encoder, root / "student", heads=heads)
-    data = _write_data_dir(root / "dev", [0.8, 1.1, 0.4])
+    data = make_data_dir(root / "dev", [12800, 17600, 6400], seed=5)  # 0.8, 1.1 and 0.4 s
     out = root / "onnx" / "armhubert_s.int8.onnx"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "-m", "speechdistill.bin.export_onnx", str(root / "student"), str(out),
-                                "--int8", "--heads", "--layers", "3", "0", "--check-data", str(data), "--threads", "1"],
+                                "--int8", "--heads", "--layers", "3", "0", "--check-data", str(data), "--threads", "1",
+                                "--log", str(root / "export.log")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return process, root / "student", data, out
 
@@ -196,6 +183,7 @@ def test_cli_exports_int8_checks_on_held_out_audio_and_names_the_dynamic_axes(ex
     assert set(check["cosine_mean"]) == set(outputs) - {"frame_lengths"}
     assert 0.99 <= min(check["cosine_mean"].values()) < 1.0
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # nothing staged is left
+    assert f"wrote {out}" in (student.parent / "export.log").read_text()
 
     graph = onnx.load(str(out)).graph
 
@@ -208,7 +196,17 @@ def test_cli_exports_int8_checks_on_held_out_audio_and_names_the_dynamic_axes(ex
     assert shapes["hidden_3"] == ["batch", "frames", 72] and shapes["frame_lengths"] == ["batch"]
     assert shapes["head_8"] == ["batch", "frames", 128]
     wavs, lengths = padded(utterances([0.5, 0.9]))
-    assert OnnxModel(out)(wavs, lengths)["hidden_3"].shape == (2, int(encoder.frame_lengths(wavs.shape[1])), 72)
+    values = OnnxModel(out)(wavs, lengths)
+    assert values["hidden_3"].shape == (2, int(encoder.frame_lengths(wavs.shape[1])), 72)
+    # as a frozen front-end module: SpeechBrain's relative lengths, ESPnet's (features, frame lengths)
+    frontend = OnnxFrontend(out)
+    stacked = frontend(wavs, lengths / wavs.shape[1])
+    assert stacked.shape == (2,) + values["hidden_3"].shape and not list(frontend.parameters())
+    np.testing.assert_array_equal(stacked[0].numpy(), values["hidden_3"])
+    np.testing.assert_array_equal(stacked[1].numpy(), values["hidden_0"])
+    last, frames = OnnxFrontend(out, all_hidden_states=False).encode(wavs, lengths)
+    np.testing.assert_array_equal(last.numpy(), values["hidden_0"])
+    assert frames.tolist() == values["frame_lengths"].tolist() == encoder.frame_lengths(lengths).tolist()
 
 
 def test_cli_refuses_layers_the_model_lacks_and_heads_it_has_not(tmp_path, capsys):

@@ -51,12 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-check", "--no_check", dest="check", action="store_false",
                         help="write without running the check")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of torch and onnxruntime")
+    parser.add_argument("--log", default=None, help="also write the progress messages to this file")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s export_onnx: %(message)s", stream=sys.stderr,
+    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if args.log:
+        handlers.append(logging.FileHandler(args.log))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s export_onnx: %(message)s", handlers=handlers,
                         force=True)
     log = logging.getLogger("speechdistill.export_onnx")
     import tempfile
@@ -64,8 +68,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from speechdistill.models.checkpoints import detect_format, load_heads, load_model
-    from speechdistill.models.export_onnx import (OnnxModel, check_export, export_onnx, read_check_audio,
-                                                  synthetic_utterances)
+    from speechdistill.models.export_onnx import export_onnx
+    from speechdistill.models.onnx_runtime import OnnxModel, check_export, read_check_audio, synthetic_utterances
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

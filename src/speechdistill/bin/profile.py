@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 log.info("onnxruntime columns are measured on a CPU only: leaving them out on %s", device)
             check_audio = []
             if onnx:
-                from speechdistill.models.export_onnx import read_check_audio, synthetic_utterances
+                from speechdistill.models.onnx_runtime import read_check_audio, synthetic_utterances
                 check_audio = (read_check_audio(args.check_data, args.check_utts, 10.0) if args.check_data
                                else synthetic_utterances())
             runs_per_model = 3 if onnx else 1

@@ -1,4 +1,4 @@
-"""Export an encoder (any student or teacher) to ONNX, quantize it to int8, run it with onnxruntime.
+"""Export an encoder (any student or teacher) to ONNX and quantize it to int8 (running it: :mod:`.onnx_runtime`).
 
 The graph has two inputs, ``wavs`` ``[batch, samples]`` float32 (16 kHz, zero-padded on the right) and
 ``lengths`` ``[batch]`` int64 (valid samples), with batch and samples dynamic, and these outputs:
@@ -16,23 +16,21 @@ onnxruntime runs as GEMMs and its dynamic quantizer turns into integer GEMMs (a 
 
 int8: onnxruntime's dynamic quantization of every ``MatMul``/``Gemm`` (weights int8 per output channel,
 activations uint8 with a scale computed per call). Its cost in accuracy is measured as the cosine
-similarity of each output to the float32 graph's, per frame (:func:`compare_outputs`).
+similarity of each output to the float32 model's, per frame (:func:`.onnx_runtime.check_export`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
-import math
 import os
 import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,8 +38,7 @@ from torch import nn
 from .. import kernels
 from ..data.tables import atomic_output
 from ..kernels.conv import folds_group_norm
-from .components import (ConvFeatureExtractor, conv_output_length, masked_group_norm,
-                         valid_frames)
+from .components import ConvFeatureExtractor, conv_output_length, masked_group_norm, valid_frames
 from .encoder import Encoder
 from .heads import LayerProjections, PredictionHeads
 
@@ -54,7 +51,7 @@ class OnnxExportError(ValueError):
     """A request the exporter cannot satisfy (a layer that does not exist, heads that are missing)."""
 
 
-def _require(module: str):
+def require(module: str):
     try:
         return __import__(module)
     except ImportError:
@@ -291,8 +288,8 @@ def export_onnx(encoder: Encoder, out: PathLike, *, layers: Optional[Sequence[in
         int8: quantize MatMul/Gemm weights to int8 (:func:`quantize_int8`).
         opset: ONNX opset (None: the exporter's default).
     """
-    _require("onnx")
-    _require("onnxscript")
+    require("onnx")
+    require("onnxscript")
     out = Path(out)
     chosen = _check_layers(encoder, layers)
     graph = GraphEncoder(encoder, chosen, heads)
@@ -351,7 +348,7 @@ def quantize_int8(fp32_path: PathLike, out: PathLike) -> Path:
     """Dynamic int8 quantization of ``fp32_path``'s MatMul/Gemm nodes with a constant weight (int8 per
     output channel; activations uint8 with a range computed per call) into ``out`` (written atomically).
     Products with fewer than ``MIN_QUANTIZED_FEATURES`` input features stay float32."""
-    _require("onnxruntime")
+    require("onnxruntime")
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -367,156 +364,3 @@ def quantize_int8(fp32_path: PathLike, out: PathLike) -> Path:
     finally:
         quant_logger.setLevel(level)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Running and comparing
-# ---------------------------------------------------------------------------------------------
-
-class OnnxModel:
-    """An exported graph in an onnxruntime CPU session.
-
-    ``threads``: intra-op threads (None: onnxruntime's default). Idle threads do not spin, so that timing
-    it in turn with other models (our PyTorch forward) does not slow those down.
-    """
-
-    def __init__(self, path: PathLike, *, threads: Optional[int] = None) -> None:
-        ort = _require("onnxruntime")
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, wavs: Union[torch.Tensor, np.ndarray],
-                 lengths: Union[torch.Tensor, np.ndarray, None] = None) -> Dict[str, np.ndarray]:
-        """wavs [B, T] float32, lengths [B] samples (None: all T) -> output name -> array."""
-        wavs = wavs.detach().cpu().numpy() if isinstance(wavs, torch.Tensor) else np.asarray(wavs)
-        if lengths is None:
-            lengths = np.full((wavs.shape[0],), wavs.shape[1], dtype=np.int64)
-        lengths = lengths.detach().cpu().numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)
-        values = self.session.run(None, {"wavs": wavs.astype(np.float32, copy=False),
-                                         "lengths": lengths.astype(np.int64, copy=False)})
-        return dict(zip(self.outputs, values))
-
-
-def torch_outputs(encoder: Encoder, wavs: torch.Tensor, lengths: torch.Tensor, names: Sequence[str],
-                  heads: Optional[nn.Module] = None) -> Dict[str, np.ndarray]:
-    """Our PyTorch model's values of the graph outputs ``names`` (reference kernels: the exported path)."""
-    layers = [int(n.split("_")[1]) for n in names if n.startswith("hidden_")]
-    graph_heads = heads if any(n.startswith("head_") for n in names) else None
-    was_training = encoder.training
-    with kernels.use("reference"), torch.no_grad():
-        try:
-            values = model_outputs(encoder.eval(), graph_heads, layers, wavs, lengths)
-        finally:
-            encoder.train(was_training)
-    by_name = dict(zip(output_names(layers, graph_heads), values))
-    return {name: by_name[name].detach().cpu().numpy() for name in names}
-
-
-@dataclass
-class Comparison:
-    """Per output, over the valid frames of every run compared: the largest absolute difference, the largest
-    absolute reference value, and the mean and lowest per-frame cosine similarity."""
-
-    max_abs: Dict[str, float]
-    reference_max: Dict[str, float]
-    mean_cosine: Dict[str, float]
-    min_cosine: Dict[str, float]
-    lengths_equal: bool
-
-    def relative(self) -> Dict[str, float]:
-        """Largest difference relative to the output's scale: max |a - b| / max(1, max |a|)."""
-        return {k: v / max(1.0, self.reference_max[k]) for k, v in self.max_abs.items()}
-
-    def worst_abs(self) -> float:
-        return max(self.max_abs.values())
-
-
-def compare_outputs(runs: Sequence[Tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]) -> Comparison:
-    """Compare (reference, other) output dicts of one or more runs on the valid frames of each utterance (the
-    reference's ``frame_lengths``; padded frames are part of no result)."""
-    rows: Dict[str, Tuple[List[np.ndarray], List[np.ndarray]]] = {}
-    equal = True
-    for reference, other in runs:
-        frames = [int(n) for n in reference["frame_lengths"]]
-        equal = equal and bool(np.array_equal(reference["frame_lengths"], other["frame_lengths"]))
-        for name, ref in reference.items():
-            if name == "frame_lengths":
-                continue
-            if other[name].shape != ref.shape:
-                raise AssertionError(f"output {name}: shape {list(other[name].shape)}, expected {list(ref.shape)}")
-            pair = rows.setdefault(name, ([], []))
-            pair[0].extend(ref[b, :n] for b, n in enumerate(frames))
-            pair[1].extend(other[name][b, :n] for b, n in enumerate(frames))
-    result = Comparison({}, {}, {}, {}, equal)
-    for name, (ref_rows, other_rows) in rows.items():
-        a = np.concatenate(ref_rows).astype(np.float64)  # [frames, D]
-        b = np.concatenate(other_rows).astype(np.float64)
-        cosine = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-        result.max_abs[name] = float(np.abs(a - b).max())
-        result.reference_max[name] = float(np.abs(a).max())
-        result.mean_cosine[name] = float(cosine.mean())
-        result.min_cosine[name] = float(cosine.min())
-    return result
-
-
-def padded(utterances: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """1-D waveforms -> one zero-padded batch ``(wavs [B, T], lengths [B])``."""
-    lengths = torch.tensor([len(w) for w in utterances])
-    wavs = torch.zeros(len(utterances), int(lengths.max()))
-    for row, w in enumerate(utterances):
-        wavs[row, :len(w)] = w
-    return wavs, lengths
-
-
-def synthetic_utterances(seconds: Sequence[float] = (1.3, 0.7, 2.1), seed: int = 0) -> List[torch.Tensor]:
-    """Deterministic speech-like test signals (harmonics of a gliding pitch in noise, with pauses)."""
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for index, duration in enumerate(seconds):
-        n = int(round(duration * SAMPLE_RATE))
-        t = torch.arange(n) / SAMPLE_RATE
-        pitch = 110.0 + 40.0 * index + 30.0 * torch.sin(2 * math.pi * 0.7 * t)
-        phase = 2 * math.pi * torch.cumsum(pitch, 0) / SAMPLE_RATE
-        voiced = sum(torch.sin(k * phase) / k for k in range(1, 8))
-        envelope = (torch.sin(2 * math.pi * 2.5 * t) > -0.3).float()
-        out.append(0.05 * voiced * envelope + 0.01 * torch.randn(n, generator=generator))
-    return out
-
-
-def read_check_audio(data_dir: PathLike, count: int, seconds: float) -> List[torch.Tensor]:
-    """The first ``count`` utterances (in key order) of a Kaldi data dir, at most ``seconds`` each, as 1-D
-    float32 waveforms (held-out audio to check an export on)."""
-    from ..data.dataset import AudioDataset, LoadFailure
-
-    dataset = AudioDataset(data_dir, max_seconds=seconds, min_seconds=0.05, random_crop=False)
-    if len(dataset) == 0:
-        raise ValueError(f"{data_dir}: no utterance of at least 0.05 s to check with")
-    items = [dataset[index] for index in range(min(count, len(dataset)))]
-    failed = [item.message for item in items if isinstance(item, LoadFailure)]
-    if failed:
-        raise ValueError(f"{data_dir}: a check utterance could not be read: {failed[0]}")
-    return [torch.from_numpy(item["wav"]).float() for item in items]
-
-
-def check_export(encoder: Encoder, model: OnnxModel, utterances: Sequence[torch.Tensor], *,
-                 heads: Optional[nn.Module] = None, batch_size: int = 4) -> Comparison:
-    """Run ``model`` and our PyTorch ``encoder`` on each utterance alone and on padded batches of
-    ``batch_size``; compare every output on the valid frames of all runs together."""
-    if not utterances:
-        raise ValueError("check_export: no utterances to check with")
-    groups = [[w] for w in utterances]
-    groups += [list(utterances[i:i + batch_size]) for i in range(0, len(utterances), batch_size)
-               if len(utterances[i:i + batch_size]) > 1]
-    runs = []
-    for group in groups:
-        wavs, lengths = padded(group)
-        runs.append((torch_outputs(encoder, wavs, lengths, model.outputs, heads), model(wavs, lengths)))
-    return compare_outputs(runs)

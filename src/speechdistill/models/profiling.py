@@ -255,7 +255,8 @@ def onnx_variants(model: ProfiledModel, directory: Path, check_audio: Sequence[t
                   threads: int) -> OnnxVariants:
     """Export ``model`` (every hidden state, and its heads where they are counted) to ``directory`` as float32
     and int8 graphs, and check both on ``check_audio`` (each utterance alone and batched)."""
-    from .export_onnx import OnnxModel, check_export, export_onnx, quantize_int8
+    from .export_onnx import export_onnx, quantize_int8
+    from .onnx_runtime import OnnxModel, check_export
 
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name)
     fp32_path = export_onnx(model.encoder, directory / f"{name}.onnx", heads=model.heads).path
