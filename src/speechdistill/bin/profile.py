@@ -9,8 +9,8 @@ included); speed is the median of --repeats timed forward passes after --warmup 
 --table prints the README table of every student preset: parameters, MACs per audio second
 and CPU time relative to our HuBERT Base, all measured round-robin in one process. On a CPU it
 also exports every model to ONNX (float32, and int8 by onnxruntime's dynamic quantization) and
-times both graphs in onnxruntime in the same rounds, as audio-s/s and as a multiple of our PyTorch
-float32 forward of the same model; the int8 column's accuracy is the cosine similarity of each
+times both graphs in onnxruntime in turn with our PyTorch float32 forward of the same model, as
+audio-s/s and as a multiple of that forward's speed; the int8 column's accuracy is the cosine similarity of each
 hidden state to the float32 model on held-out audio (--check-data, else synthetic speech-like
 signals), and the float32 graph is checked against PyTorch (JSON rows in the log). --no-onnx
 leaves these columns out.
@@ -89,8 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 from speechdistill.models.onnx_runtime import read_check_audio, synthetic_utterances
                 check_audio = (read_check_audio(args.check_data, args.check_utts, 10.0) if args.check_data
                                else synthetic_utterances())
-            runs_per_model = 3 if onnx else 1
-            total = (len(presets) + 1) * args.repeats * runs_per_model
+            total = (len(presets) + 1) * args.repeats * (4 if onnx else 1)  # (+ torch, fp32, int8 per model)
             exported = []
 
             def on_export(name: str) -> None:

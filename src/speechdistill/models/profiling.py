@@ -275,48 +275,49 @@ def student_table(presets: List[str], *, reference: str = "hubert_base", seconds
 
     All models run round-robin (reference, student 1, student 2, ..., reference, ...) so that
     load changes on a shared machine affect every model alike; ratios are of medians. With ``onnx``
-    (CPU only) each model also runs as float32 and int8 onnxruntime graphs in the same rounds
-    (:func:`onnx_variants`, checked on ``check_audio``); ``on_export(name)`` is called before each export.
+    (CPU only) each model is then exported (:func:`onnx_variants`, checked on ``check_audio``;
+    ``on_export(name)`` is called first) and its float32 and int8 graphs run round-robin with our PyTorch
+    forward of the same model; a model's sessions are closed before the next one's open (each keeps
+    its working memory, ~1 GB for a student on 4 x 10 s).
     """
     models = [resolve_model(reference)] + [resolve_model(name) for name in presets]
     wavs = make_input(batch, seconds, device)
     runs: Dict[str, Callable[[], object]] = {}
-    variants: Dict[str, OnnxVariants] = {}
-    with tempfile.TemporaryDirectory(prefix="speechdistill-profile-") as scratch:
-        for m in models:
-            m.encoder.to(device).eval()
-            if m.heads is not None:
-                m.heads.to(device).eval()
-            runs[m.name] = forward_fn(m.encoder, wavs, None, m.heads)
-            if onnx:
-                if on_export is not None:
-                    on_export(m.name)
-                variants[m.name] = onnx_variants(m, Path(scratch), check_audio, torch.get_num_threads())
-                host_wavs, host_lengths = wavs.cpu().numpy(), np.full(batch, wavs.shape[1], dtype=np.int64)
-                for kind in ("fp32", "int8"):
-                    session = getattr(variants[m.name], kind)
-                    runs[f"{m.name} onnx {kind}"] = lambda s=session: s(host_wavs, host_lengths)
-        timings = measure(runs, device, repeats=repeats, warmup=warmup, progress=progress)
+    for m in models:
+        m.encoder.to(device).eval()
+        if m.heads is not None:
+            m.heads.to(device).eval()
+        runs[m.name] = forward_fn(m.encoder, wavs, None, m.heads)
+    timings = measure(runs, device, repeats=repeats, warmup=warmup, progress=progress)
     reference_time = timings[models[0].name].median
     rows = []
     for m in models:
         macs = count_macs(m.encoder.config, int(round(seconds * SAMPLE_RATE)), m.heads)["total"] / seconds
         median = timings[m.name].median
-        row: Dict[str, object] = {
+        rows.append({
             "model": m.name, "params": m.params, "params_counted_as": m.params_counted_as,
             "published_params": m.published_params_text or (f"{m.published_params:,}" if m.published_params else ""),
             "published_macs": m.published_macs, "macs_per_second": macs, "forward_seconds_median": median,
-            "time_ratio": median / reference_time, "audio_seconds_per_second": batch * seconds / median}
-        if m.name in variants:
-            found = variants[m.name]
-            for kind in ("fp32", "int8"):
-                onnx_median = timings[f"{m.name} onnx {kind}"].median
-                row[f"onnx_{kind}_audio_seconds_per_second"] = batch * seconds / onnx_median
-                row[f"onnx_{kind}_speedup"] = median / onnx_median  # x our PyTorch float32 forward
+            "time_ratio": median / reference_time, "audio_seconds_per_second": batch * seconds / median})
+    if onnx:
+        host_wavs, host_lengths = wavs.cpu().numpy(), np.full(batch, wavs.shape[1], dtype=np.int64)
+        for m, row in zip(models, rows):
+            if on_export is not None:
+                on_export(m.name)
+            with tempfile.TemporaryDirectory(prefix="speechdistill-profile-") as scratch:
+                found = onnx_variants(m, Path(scratch), check_audio, torch.get_num_threads())
+                graphs = {kind: getattr(found, kind) for kind in ("fp32", "int8")}
+                rounds = measure(dict({"torch": runs[m.name]}, **{kind: (lambda g=g: g(host_wavs, host_lengths))
+                                                                  for kind, g in graphs.items()}),
+                                 device, repeats=repeats, warmup=warmup, progress=progress)
+            row["onnx_round_torch_audio_seconds_per_second"] = batch * seconds / rounds["torch"].median
+            for kind in graphs:
+                row[f"onnx_{kind}_audio_seconds_per_second"] = batch * seconds / rounds[kind].median
+                row[f"onnx_{kind}_speedup"] = rounds["torch"].median / rounds[kind].median  # x our PyTorch fp32
             row["onnx_fp32_relative_diff"] = found.fp32_relative_diff
             row["onnx_int8_cosine"] = found.int8_cosine
             row["onnx_int8_worst_cosine"] = min(found.int8_cosine.values())
-        rows.append(row)
+            del found, graphs, rounds  # (the sessions and their working memory)
     return rows
 
 
@@ -326,7 +327,7 @@ def markdown_table(rows: List[Dict[str, object]], *, seconds: float, batch: int,
              f"MACs per second of audio for {seconds:g} s utterances; time ratio = median forward time / "
              f"median forward time of {rows[0]['model']} (interleaved runs)."
              + (" onnxruntime columns: audio s / s of the exported graph (x our PyTorch float32 forward of the "
-                "same model, same rounds); int8 cosine = the lowest, over hidden states, of the mean per-frame "
+                "same model, timed in turn with it); int8 cosine = the lowest, over hidden states, of the mean per-frame "
                 "cosine similarity of the int8 graph's output to the float32 model's." if onnx else ""), "",
              "| model | params | published params | GMACs / audio s | published MACs | CPU time vs "
              f"{rows[0]['model']} | audio s / s |" + (" onnxruntime fp32 | onnxruntime int8 | int8 cosine |"
