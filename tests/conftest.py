@@ -24,7 +24,7 @@ SLOW_MODULES = frozenset({
     "test_train_resume", "test_train_run_lock", "test_sv_train", "test_pretrain_cli", "test_gpu_path",
     "test_benchmark", "test_bad_inputs", "test_import_formats", "test_models_fullsize", "test_synth_corpora",
     "test_corpora_prep", "test_asr_train", "test_asr_decode", "test_sv_extract", "test_profile", "test_sv_numerics",
-    "test_recipe_superb",
+    "test_recipe_superb", "test_export_onnx", "test_export_s3prl",
     # the heaviest in-process modules (training a tiny model to a result, Base-sized forwards in bf16)
     "test_distill_losses", "test_bf16_tolerance", "test_sv_results", "test_ctc_asr", "test_ecapa", "test_sv_task",
     "test_asr_task", "test_sv_composition",

@@ -11,6 +11,7 @@ from speechdistill.asr.dump import dump_features
 from speechdistill.asr.model import load_asr_model
 from speechdistill.downstream.tokenizer import train_char
 
+from event_files import assert_events_match_metrics
 from test_asr_common import make_data_dir, make_upstream, random_texts, run_module
 
 TINY = ["--max_steps", "24", "--batch_seconds", "6", "--lr", "5e-3", "--downstream.hidden_size", "16",
@@ -51,6 +52,7 @@ def test_training_from_dumps_exports_a_model_that_learned_and_a_rerun_only_expor
     assert valid[-1]["valid/loss"] < 0.5 * valid[0]["valid/loss"]
     train_terms = [r for r in records if "ctc" in r]
     assert train_terms[-1]["ctc"] < train_terms[0]["ctc"] and train_terms[-1]["infeasible"] == 0.0
+    assert {"valid/wer", "valid/cer", "ctc", "grad_norm"} <= set(assert_events_match_metrics(out))  # TensorBoard
     model, tokenizer, info = load_asr_model(out / "asr_model")
     assert info.token_type == "char" and tokenizer.vocab_size == model.vocab_size
     weights = model.featurizer.layer_weights()

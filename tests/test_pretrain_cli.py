@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from speechdistill.models import load_model
+from event_files import assert_events_match_metrics
 from test_pretrain_support import make_speech_dir, tiny_config_dict
 
 STEPS = 10
@@ -55,6 +56,7 @@ def test_training_lowers_the_validation_loss(run):
     assert len(train) == STEPS and all(0.0 <= r["acc_masked"] <= 1.0 for r in train)
     assert "chance level of masked-unit accuracy" in (run["dir"] / "train.log").read_text()
     assert (run["dir"] / "plots" / "acc_masked.png").is_file()
+    assert {"ce_masked", "acc_masked", "valid/ce_masked"} <= set(assert_events_match_metrics(run["dir"]))
 
 
 def test_products_are_the_encoder_in_our_format_and_as_hubert_model(run):

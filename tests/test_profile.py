@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from speechdistill.models import Encoder, architecture, build_student
+from speechdistill.models import Encoder, architecture, build_student, save_model
 from speechdistill.models.profiling import count_macs, macs_per_second
 
 torch.set_num_threads(2)
@@ -79,9 +79,60 @@ def test_profile_prints_params_macs_and_speed_as_json(tmp_path):
 
 def test_profile_table_lists_presets_with_ratios_to_the_reference(tmp_path):
     run = _run(["--table", "--presets", "distilhubert", "starhubert", "--seconds", "0.5", "--repeats", "1",
-                "--warmup", "0", "--threads", "1"], tmp_path)
+                "--warmup", "0", "--threads", "1", "--no-onnx"], tmp_path)
     assert run.returncode == 0, run.stderr
     lines = [line for line in run.stdout.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| model | params") and len(lines) == 4
     assert lines[1].startswith("| hubert_base | 94.37 M") and "| 1.00x |" in lines[1]
     assert lines[2].startswith("| distilhubert | 23.49 M") and lines[3].startswith("| starhubert | 22.31 M")
+
+
+TINY_PRESET = """name: tiny_distilhubert
+description: "DistilHuBERT's shape at 64 wide"
+reference: "test"
+teacher_architecture: hubert_base
+encoder:
+  conv_layers: [[32, 10, 5], [32, 3, 2], [32, 2, 2]]
+  conv_bias: false
+  feature_layer_norm: false
+  mask_embedding: false
+  hidden_size: 64
+  num_layers: 2
+  num_heads: 4
+  ffn_size: 128
+  pos_conv_kernel: 16
+  pos_conv_groups: 4
+heads:
+  kind: prediction
+  source_layers: [2]
+  target_layers: [4, 8, 12]
+params_include_heads: true
+"""
+
+
+def test_profile_table_times_onnxruntime_fp32_and_int8_in_turn_with_pytorch(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_PRESET)
+    config = architecture("hubert_base").replace(conv_layers=[[32, 10, 5], [32, 3, 2], [32, 2, 2]], hidden_size=64,
+                                                 num_layers=2, num_heads=4, ffn_size=128, pos_conv_kernel=16,
+                                                 pos_conv_groups=4)
+    save_model(Encoder(config), tmp_path / "teacher")
+    run = _run(["--table", "--reference", str(tmp_path / "teacher"), "--presets", str(tmp_path / "tiny.yaml"),
+                "--seconds", "0.5", "--repeats", "2", "--warmup", "1", "--threads", "1", "--log",
+                str(tmp_path / "profile.log")], tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0].endswith("| audio s / s | onnxruntime fp32 | onnxruntime int8 | int8 cosine |")
+    assert len(lines) == 3 and lines[2].startswith("| tiny_distilhubert |")
+    rows = [json.loads(line.split("profile: ", 1)[1]) for line in (tmp_path / "profile.log").read_text().splitlines()
+            if line.split("profile: ", 1)[-1].startswith('{"model"')]
+    assert [row["model"] for row in rows] == [str(tmp_path / "teacher"), "tiny_distilhubert"]
+    for row, line in zip(rows, lines[1:]):
+        assert row["onnx_fp32_relative_diff"] <= 1e-4
+        heads = [f"head_{t}" for t in (4, 8, 12)] if row["model"] == "tiny_distilhubert" else []
+        assert sorted(row["onnx_int8_cosine"]) == sorted([f"hidden_{i}" for i in range(3)] + heads)
+        assert 0.99 <= row["onnx_int8_worst_cosine"] == min(row["onnx_int8_cosine"].values()) < 1.0
+        for kind in ("fp32", "int8"):
+            speed = row[f"onnx_{kind}_audio_seconds_per_second"]
+            assert row[f"onnx_{kind}_speedup"] == pytest.approx(speed / row["onnx_round_torch_audio_seconds_per_second"])
+            assert f"| {speed:.1f} ({row[f'onnx_{kind}_speedup']:.2f}x) |" in line
+        assert line.endswith(f" {row['onnx_int8_worst_cosine']:.4f} |")

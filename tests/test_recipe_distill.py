@@ -26,6 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import run_recipe as _run  # noqa: E402
+from event_files import assert_events_match_metrics  # noqa: E402
 from test_distill_common import FIRST_STAGE_PRESETS  # noqa: E402
 
 from speechdistill import load_model  # noqa: E402
@@ -122,6 +123,8 @@ def test_stages_2_3_produce_a_loadable_student(name, recipe, preset_runs):
     assert start["step"] == 0 and end["step"] == STEPS
     scores = [k for k in start if k.startswith("valid/") and k != "valid/num_utts"]
     assert scores and max(abs(end[k] - start[k]) for k in scores) > 1e-4, (start, end)
+    events = assert_events_match_metrics(exp)  # TensorBoard: the same scalars, the cosine per layer among them
+    assert any(tag.startswith(("valid/cos/layer", "valid/gram_cos/layer")) for tag in events)
 
 
 def test_stages_2_3_on_the_reference_kernels_the_gpu_path(recipe, hf_teachers, preset_runs, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 import soundfile
 import torch
 
+from event_files import assert_events_match_metrics
 from test_sv_fixtures import REPO, TINY_ECAPA, save_tiny_hf_teacher, write_speaker_data
 
 from speechdistill.sv.model import load_sv_model
@@ -66,6 +67,8 @@ def test_fbank_with_augmentation_resumes_exactly(files, tmp_path):
     train_rows = [r for r in records if "speaker_loss" in r]
     assert len(train_rows) == 4 and all(np.isfinite(r["speaker_loss"]) for r in train_rows)
     assert any("valid/accuracy" in r for r in records)  # the valid speakers are training speakers
+    assert {"speaker_loss", "valid/accuracy"} <= set(assert_events_match_metrics(tmp_path / "whole"))
+    assert {"speaker_loss"} <= set(assert_events_match_metrics(tmp_path / "split"))  # (resumed at step 2)
     embedder = load_sv_model(tmp_path / "whole" / "sv_model")
     assert embedder.fbank is not None and embedder.embedding_size == 12
     log = (tmp_path / "whole" / "train.log").read_text()

@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_toy import ToyConfig, ToyTask, make_data_dir  # noqa: E402
+from event_files import assert_events_match_metrics  # noqa: E402
 
 from speechdistill.config import ConfigError, load_config  # noqa: E402
 from speechdistill.data.dataset import AudioDataset  # noqa: E402
@@ -103,6 +104,28 @@ def test_outputs_metrics_validation_and_a_finished_rerun(data, tmp_path):
     assert _records(out) == records
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["ckpt-4.pt", "ckpt-6.pt"]
     assert "already reached max_steps=6" in (out / "train.log").read_text()
+
+
+def test_tensorboard_events_hold_every_logged_scalar_and_a_resume_drops_what_the_stopped_run_logged(data, tmp_path):
+    out = tmp_path / "run"
+    config = _config(data)
+    assert _train(config, out).step == 6
+    events = assert_events_match_metrics(out)
+    assert {"loss", "mse", "l1", "lr/main", "grad_norm", "audio_sec_per_sec", "padding_fraction", "valid/mse",
+            "valid/num_utts"} <= set(events)
+    assert [step for step, _ in events["loss"]] == [2, 4, 6] and [step for step, _ in events["valid/mse"]] == [0, 3, 6]
+    # the run stopped after logging step 6 but before its checkpoint: the resume at 4 logs 5-6 again, and
+    # the readers drop the first 6 as metrics.jsonl does
+    (out / "checkpoints" / "ckpt-6.pt").unlink()
+    assert _train(config, out).step == 6
+    assert len(list((out / "tensorboard").iterdir())) == 2
+    again = assert_events_match_metrics(out)
+    assert [step for step, _ in again["loss"]] == [2, 4, 6] and again["loss"][:2] == events["loss"][:2]
+    assert [step for step, _ in again["valid/mse"]] == [0, 3, 6]
+
+    quiet = tmp_path / "quiet"
+    _train(_config(data, tensorboard=False, max_steps=2, valid_data=None), quiet)
+    assert (quiet / "metrics.jsonl").is_file() and not (quiet / "tensorboard").exists()
 
 
 def test_nonfinite_loss_skips_the_update_and_keeps_the_loss_scale(data, tmp_path):

@@ -10,6 +10,9 @@
 # (ffmpeg) come from tools/install_system.sh (apt-get when run as root;
 # SPEECHDISTILL_SKIP_SYSTEM=1 skips it).
 #
+# s3prl, which the tests load our s3prl export with, goes into tools/s3prl (tools/install_s3prl.sh says why
+# not into the venv).
+#
 # Run as root on Debian/Ubuntu, it also installs the system packages slurm-wlm and munge when they are
 # missing (tools/slurm_local.sh install): the tests run slurm.pl against a real local Slurm. Without root
 # those tests skip, saying why; SPEECHDISTILL_SKIP_SLURM=1 leaves the packages alone.
@@ -39,6 +42,7 @@ want_stamp() {
 [ "${SPEECHDISTILL_SKIP_SYSTEM:-0}" = 1 ] || "${tools_dir}/install_system.sh"
 
 if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "$(want_stamp)" ] && [ -x "${venv}/bin/python" ]; then
+    "${tools_dir}/install_s3prl.sh"
     echo "tools/install.sh: ${venv} is up to date (torch ${th_version}); nothing to do."
     exit 0
 fi
@@ -59,7 +63,8 @@ if [ "${current_torch}" != "${th_version}" ]; then
         "${pip[@]}" install "torch==${th_version}"
     fi
 fi
-echo "tools/install.sh: installing speechdistill[synth,superb,test] (editable)"
-(cd "${root}" && "${pip[@]}" install -q -e ".[synth,superb,test]")
+echo "tools/install.sh: installing speechdistill[synth,superb,onnx,test] (editable)"
+(cd "${root}" && "${pip[@]}" install -q -e ".[synth,superb,onnx,test]")
 want_stamp > "${stamp}.tmp" && mv "${stamp}.tmp" "${stamp}"
+"${tools_dir}/install_s3prl.sh"
 echo "tools/install.sh: done. Activate with: . tools/activate_python.sh"

@@ -7,11 +7,18 @@ get random weights. MACs are counted analytically from the module shapes (attent
 included); speed is the median of --repeats timed forward passes after --warmup passes.
 
 --table prints the README table of every student preset: parameters, MACs per audio second
-and CPU time relative to our HuBERT Base, all measured round-robin in one process.
+and CPU time relative to our HuBERT Base, all measured round-robin in one process. On a CPU it
+also exports every model to ONNX (float32, and int8 by onnxruntime's dynamic quantization) and
+times both graphs in onnxruntime in turn with our PyTorch float32 forward of the same model, as
+audio-s/s and as a multiple of that forward's speed; the int8 column's accuracy is the cosine similarity of each
+hidden state to the float32 model on held-out audio (--check-data, else synthetic speech-like
+signals), and the float32 graph is checked against PyTorch (JSON rows in the log). --no-onnx
+leaves these columns out.
 
 Examples:
     python -m speechdistill.bin.profile --model hubert_base --seconds 10 --batch 4 --threads 2
     python -m speechdistill.bin.profile --table --batch 4 --seconds 10 --threads 2 --log exp/profile.log
+    python -m speechdistill.bin.profile --table --no-onnx --presets distilhubert armhubert_s
 """
 from __future__ import annotations
 
@@ -38,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bf16", action="store_true", help="time under bfloat16 autocast")
     parser.add_argument("--no-speed", "--no_speed", dest="no_speed", action="store_true",
                         help="only count parameters and MACs")
+    parser.add_argument("--no-onnx", "--no_onnx", dest="onnx", action="store_false",
+                        help="--table: leave out the onnxruntime fp32/int8 columns (no exports)")
+    parser.add_argument("--check-data", "--check_data", dest="check_data", default=None,
+                        help="--table: Kaldi data dir of held-out audio for the int8 cosine (default: synthetic)")
+    parser.add_argument("--check-utts", "--check_utts", dest="check_utts", type=int, default=8,
+                        help="utterances of --check-data to use (default 8, at most 10 s each)")
     parser.add_argument("--log", default=None, help="also write progress and results to this file")
     return parser
 
@@ -68,7 +81,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         device = torch.device(args.device)
         if args.table:
             presets = args.presets or list_presets()
-            total = (len(presets) + 1) * args.repeats
+            onnx = args.onnx and device.type == "cpu"
+            if args.onnx and not onnx:
+                log.info("onnxruntime columns are measured on a CPU only: leaving them out on %s", device)
+            check_audio = []
+            if onnx:
+                from speechdistill.models.onnx_runtime import read_check_audio, synthetic_utterances
+                check_audio = (read_check_audio(args.check_data, args.check_utts, 10.0) if args.check_data
+                               else synthetic_utterances())
+            total = (len(presets) + 1) * args.repeats * (4 if onnx else 1)  # (+ torch, fp32, int8 per model)
+            exported = []
+
+            def on_export(name: str) -> None:
+                exported.append(name)
+                log.info("exporting %s to ONNX (float32 and int8) and checking it on %d utterance(s) (%d/%d)",
+                         name, len(check_audio), len(exported), len(presets) + 1)
+
             with tqdm(total=total, desc="forward passes", unit="pass", file=sys.stderr) as bar:
                 audio = args.batch * args.seconds
 
@@ -78,7 +106,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
                 rows = profiling.student_table(presets, reference=args.reference, seconds=args.seconds,
                                                batch=args.batch, device=device, repeats=args.repeats,
-                                               warmup=args.warmup, progress=step)
+                                               warmup=args.warmup, progress=step, onnx=onnx,
+                                               check_audio=check_audio, on_export=on_export)
             table = profiling.markdown_table(rows, seconds=args.seconds, batch=args.batch, device=str(device),
                                              threads=torch.get_num_threads())
             for row in rows:

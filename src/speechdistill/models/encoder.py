@@ -123,10 +123,12 @@ class Encoder(nn.Module):
         return self.feature_extractor.output_lengths(lengths)
 
     def _check_inputs(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor],
-                      host_lengths: Optional[Sequence[int]]) -> Tuple[torch.Tensor, List[int]]:
+                      host_lengths: Optional[Sequence[int]]) -> Tuple[torch.Tensor, Optional[List[int]]]:
         """(lengths [B] on the device, the same as Python ints). Without ``host_lengths`` the lengths are
         read back once here (on a GPU a synchronisation): the checks, the padding test and CPU kernels
-        all use that host copy."""
+        all use that host copy. While a graph is captured (``torch.compile``, ``torch.export``, the ONNX
+        exporter) the lengths are graph inputs, not numbers: nothing is read back, the checks on them are
+        skipped and padding is always masked (a mask with nothing to mask changes no valid frame)."""
         if wavs.dim() != 2:
             raise ValueError(f"wavs must be [batch, samples], got shape {list(wavs.shape)}")
         if not wavs.is_floating_point():
@@ -137,6 +139,8 @@ class Encoder(nn.Module):
         lengths = torch.as_tensor(lengths, device=wavs.device).long()
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must be [batch] = [{batch}], got shape {list(lengths.shape)}")
+        if host_lengths is None and torch.compiler.is_compiling():
+            return lengths, None
         host = list(host_lengths) if host_lengths is not None else lengths.tolist()
         if len(host) != batch:
             raise ValueError(f"host_lengths must hold {batch} lengths, got {len(host)}")
@@ -208,7 +212,7 @@ class Encoder(nn.Module):
                 features, last_mask = self.feature_extractor(wavs, lengths, host_lengths=host_lengths)
         batch, frames, _ = features.shape
         padding = None
-        if self.frame_lengths(min(host_lengths)) < frames:  # (frames grow with samples)
+        if host_lengths is None or self.frame_lengths(min(host_lengths)) < frames:  # (frames grow with samples)
             padding = torch.arange(frames, device=wavs.device)[None, :] >= frame_lengths[:, None]
 
         x = self._feature_norm(features, last_mask) if self.feature_norm is not None else features

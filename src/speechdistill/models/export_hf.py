@@ -24,10 +24,12 @@ class ExportError(ValueError):
     """The model has a part Hugging Face's classes cannot express."""
 
 
-def _check_expressible(c: EncoderConfig) -> None:
+def uniform_model_problems(c: EncoderConfig) -> List[str]:
+    """What a checkpoint format with one plain layer type (same heads and FFN width everywhere, no gates,
+    no adapters, no attention reuse) cannot hold: the Hugging Face and the s3prl distiller exports."""
     problems: List[str] = []
     if c.attention_reuse and any(c.attention_reuse):
-        problems.append("attention-map reuse (no HF class has layers without query/key projections)")
+        problems.append("attention-map reuse (layers without query/key projections)")
     if c.adapter_dim:
         problems.append("parallel adapters")
     if c.prune_conv or c.prune_heads or c.prune_ffn:
@@ -39,6 +41,11 @@ def _check_expressible(c: EncoderConfig) -> None:
         problems.append(f"attention width {c.head_dim * c.heads_of(0)} != hidden_size {c.hidden_size}")
     if c.conv_output_scale:
         problems.append("a per-channel scale after the CNN (pruned CNN)")
+    return problems
+
+
+def _check_expressible(c: EncoderConfig) -> None:
+    problems = uniform_model_problems(c)
     if c.relative_position_bias and not c.feature_layer_norm:
         problems.append("WavLM-style model without feature LayerNorm")
     if c.relative_position_bias and c.layer_head_indices is not None:

@@ -7,10 +7,15 @@ HuBERT Base comes out at 7.0-7.9 G per second of audio for 2-20 s inputs (anchor
 """
 from __future__ import annotations
 
+import re
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -234,17 +239,50 @@ def profile_report(model: ProfiledModel, *, seconds: float, batch: int, device: 
     return report
 
 
+@dataclass
+class OnnxVariants:
+    """A model exported to ONNX (float32 and int8) in onnxruntime sessions, with what the export costs in
+    accuracy on the check audio: the float32 graph's largest difference to our PyTorch model relative to the
+    output's scale, and the int8 graph's cosine similarity to our float32 model per output (mean over frames)."""
+
+    fp32: Any
+    int8: Any
+    fp32_relative_diff: float
+    int8_cosine: Dict[str, float]
+
+
+def onnx_variants(model: ProfiledModel, directory: Path, check_audio: Sequence[torch.Tensor],
+                  threads: int) -> OnnxVariants:
+    """Export ``model`` (every hidden state, and its heads where they are counted) to ``directory`` as float32
+    and int8 graphs, and check both on ``check_audio`` (each utterance alone and batched)."""
+    from .export_onnx import export_onnx, quantize_int8
+    from .onnx_runtime import OnnxModel, check_export
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name)
+    fp32_path = export_onnx(model.encoder, directory / f"{name}.onnx", heads=model.heads).path
+    int8_path = quantize_int8(fp32_path, directory / f"{name}.int8.onnx")
+    fp32, int8 = OnnxModel(fp32_path, threads=threads), OnnxModel(int8_path, threads=threads)
+    fp32_check = check_export(model.encoder, fp32, check_audio, heads=model.heads)
+    int8_check = check_export(model.encoder, int8, check_audio, heads=model.heads)
+    return OnnxVariants(fp32, int8, max(fp32_check.relative().values()), int8_check.mean_cosine)
+
+
 def student_table(presets: List[str], *, reference: str = "hubert_base", seconds: float, batch: int,
-                  device: torch.device, repeats: int, warmup: int,
-                  progress: Optional[Callable[[], None]] = None) -> List[Dict[str, object]]:
+                  device: torch.device, repeats: int, warmup: int, progress: Optional[Callable[[], None]] = None,
+                  onnx: bool = False, check_audio: Sequence[torch.Tensor] = (),
+                  on_export: Optional[Callable[[str], None]] = None) -> List[Dict[str, object]]:
     """Rows (reference first) with params, MACs/s and CPU time relative to the reference.
 
     All models run round-robin (reference, student 1, student 2, ..., reference, ...) so that
-    load changes on a shared machine affect every model alike; ratios are of medians.
+    load changes on a shared machine affect every model alike; ratios are of medians. With ``onnx``
+    (CPU only) each model is then exported (:func:`onnx_variants`, checked on ``check_audio``;
+    ``on_export(name)`` is called first) and its float32 and int8 graphs run round-robin with our PyTorch
+    forward of the same model; a model's sessions are closed before the next one's open (each keeps
+    its working memory, ~1 GB for a student on 4 x 10 s).
     """
     models = [resolve_model(reference)] + [resolve_model(name) for name in presets]
     wavs = make_input(batch, seconds, device)
-    runs = {}
+    runs: Dict[str, Callable[[], object]] = {}
     for m in models:
         m.encoder.to(device).eval()
         if m.heads is not None:
@@ -256,24 +294,52 @@ def student_table(presets: List[str], *, reference: str = "hubert_base", seconds
     for m in models:
         macs = count_macs(m.encoder.config, int(round(seconds * SAMPLE_RATE)), m.heads)["total"] / seconds
         median = timings[m.name].median
-        rows.append({"model": m.name, "params": m.params, "params_counted_as": m.params_counted_as,
-                     "published_params": m.published_params_text or (f"{m.published_params:,}"
-                                                                      if m.published_params else ""),
-                     "published_macs": m.published_macs, "macs_per_second": macs,
-                     "forward_seconds_median": median, "time_ratio": median / reference_time,
-                     "audio_seconds_per_second": batch * seconds / median})
+        rows.append({
+            "model": m.name, "params": m.params, "params_counted_as": m.params_counted_as,
+            "published_params": m.published_params_text or (f"{m.published_params:,}" if m.published_params else ""),
+            "published_macs": m.published_macs, "macs_per_second": macs, "forward_seconds_median": median,
+            "time_ratio": median / reference_time, "audio_seconds_per_second": batch * seconds / median})
+    if onnx:
+        host_wavs, host_lengths = wavs.cpu().numpy(), np.full(batch, wavs.shape[1], dtype=np.int64)
+        for m, row in zip(models, rows):
+            if on_export is not None:
+                on_export(m.name)
+            with tempfile.TemporaryDirectory(prefix="speechdistill-profile-") as scratch:
+                found = onnx_variants(m, Path(scratch), check_audio, torch.get_num_threads())
+                graphs = {kind: getattr(found, kind) for kind in ("fp32", "int8")}
+                rounds = measure(dict({"torch": runs[m.name]}, **{kind: (lambda g=g: g(host_wavs, host_lengths))
+                                                                  for kind, g in graphs.items()}),
+                                 device, repeats=repeats, warmup=warmup, progress=progress)
+            row["onnx_round_torch_audio_seconds_per_second"] = batch * seconds / rounds["torch"].median
+            for kind in graphs:
+                row[f"onnx_{kind}_audio_seconds_per_second"] = batch * seconds / rounds[kind].median
+                row[f"onnx_{kind}_speedup"] = rounds["torch"].median / rounds[kind].median  # x our PyTorch fp32
+            row["onnx_fp32_relative_diff"] = found.fp32_relative_diff
+            row["onnx_int8_cosine"] = found.int8_cosine
+            row["onnx_int8_worst_cosine"] = min(found.int8_cosine.values())
+            del found, graphs, rounds  # (the sessions and their working memory)
     return rows
 
 
 def markdown_table(rows: List[Dict[str, object]], *, seconds: float, batch: int, device: str, threads: int) -> str:
+    onnx = "onnx_fp32_speedup" in rows[0]
     lines = [f"Measured on {device} ({threads} threads), fp32, batch {batch} x {seconds:g} s, random weights; "
              f"MACs per second of audio for {seconds:g} s utterances; time ratio = median forward time / "
-             f"median forward time of {rows[0]['model']} (interleaved runs).", "",
+             f"median forward time of {rows[0]['model']} (interleaved runs)."
+             + (" onnxruntime columns: audio s / s of the exported graph (x our PyTorch float32 forward of the "
+                "same model, timed in turn with it); int8 cosine = the lowest, over hidden states, of the mean per-frame "
+                "cosine similarity of the int8 graph's output to the float32 model's." if onnx else ""), "",
              "| model | params | published params | GMACs / audio s | published MACs | CPU time vs "
-             f"{rows[0]['model']} | audio s / s |",
-             "|---|---:|---|---:|---|---:|---:|"]
+             f"{rows[0]['model']} | audio s / s |" + (" onnxruntime fp32 | onnxruntime int8 | int8 cosine |"
+                                                       if onnx else ""),
+             "|---|---:|---|---:|---|---:|---:|" + ("---:|---:|---:|" if onnx else "")]
     for row in rows:
-        lines.append(f"| {row['model']} | {row['params'] / 1e6:.2f} M | {row['published_params']} | "
-                     f"{row['macs_per_second'] / 1e9:.2f} | {row['published_macs']} | "
-                     f"{row['time_ratio']:.2f}x | {row['audio_seconds_per_second']:.1f} |")
+        line = (f"| {row['model']} | {row['params'] / 1e6:.2f} M | {row['published_params']} | "
+                f"{row['macs_per_second'] / 1e9:.2f} | {row['published_macs']} | "
+                f"{row['time_ratio']:.2f}x | {row['audio_seconds_per_second']:.1f} |")
+        if onnx:
+            line += (f" {row['onnx_fp32_audio_seconds_per_second']:.1f} ({row['onnx_fp32_speedup']:.2f}x) |"
+                     f" {row['onnx_int8_audio_seconds_per_second']:.1f} ({row['onnx_int8_speedup']:.2f}x) |"
+                     f" {row['onnx_int8_worst_cosine']:.4f} |")
+        lines.append(line)
     return "\n".join(lines)

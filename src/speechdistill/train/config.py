@@ -82,6 +82,8 @@ class TrainerConfig:
     seed: int = _opt(0, "seed of initialisation, crops, shuffles and every RNG")
     # logging, validation, checkpoints
     log_every: int = _opt(50, "write metrics.jsonl and train.log every this many updates")
+    tensorboard: bool = _opt(True, "also write every scalar of metrics.jsonl as TensorBoard events in "
+                                   "<output_dir>/tensorboard/")
     valid_every: int = _opt(1000, "validate every this many updates (and at the end); 0 = only at the end")
     valid_at_start: bool = _opt(True, "validate once before the first update of a fresh run")
     checkpoint_every: int = _opt(1000, "write a checkpoint every this many updates (and at the end)")

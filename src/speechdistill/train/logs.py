@@ -13,7 +13,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from tqdm import tqdm
 
@@ -64,11 +64,13 @@ def _finite_or_none(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only; other ranks pass ``enabled=False``)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only; other ranks pass ``enabled=False``),
+    and hands each record to ``events`` too (TensorBoard: :class:`.tensorboard.TensorBoardEvents`)."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, events: Optional[Any] = None) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.events = events if enabled else None
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after ``step`` (a resumed run logs those steps again) and any line cut short
@@ -84,6 +86,13 @@ class MetricsWriter:
         line = json.dumps({k: _finite_or_none(v) for k, v in record.items()}, sort_keys=False)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
+        if self.events is not None:
+            self.events.write(record)
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:

@@ -48,6 +48,7 @@ from .precision import autocast, common_precision, resolve_device, resolve_preci
 from .run_lock import lock_run_dir
 from .runtime import TrainingError, check_writable, deterministic, peak_memory_mb, seed_everything, shut_down_workers
 from .task import StepOutput, Task, TrainContext
+from .tensorboard import open_events
 
 __all__ = ["Trainer", "TrainResult", "TrainingError", "seed_everything"]
 
@@ -84,8 +85,8 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> Dict[str, Any]
 class Trainer:
     """Trains ``task`` with ``config``, writing everything under ``output_dir``.
 
-    Output layout: ``config.yaml`` (resolved config), ``train.log``, ``metrics.jsonl``,
-    ``checkpoints/ckpt-<step>.pt`` (last ``keep_checkpoints``), ``plots/*.png``,
+    Output layout: ``config.yaml`` (resolved config), ``train.log``, ``metrics.jsonl``, ``tensorboard/``
+    (the same scalars as event files), ``checkpoints/ckpt-<step>.pt`` (last ``keep_checkpoints``), ``plots/*.png``,
     ``skipped_utts.txt``, and whatever ``task.export`` writes.
 
     Args:
@@ -139,6 +140,8 @@ class Trainer:
                 shut_down_workers(self.data.valid_loader)
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+            if getattr(self, "metrics", None) is not None:
+                self.metrics.close()
             if self.logger is not None:
                 close_logger(self.logger)
             if run_lock is not None:
@@ -228,7 +231,8 @@ class Trainer:
         else:
             seed_everything(config.seed + env.rank)  # separate random streams (dropout, masks) per rank
         self._write_config(resumed=not fresh)
-        self.metrics = MetricsWriter(self.output_dir / "metrics.jsonl", enabled=self.is_main)
+        events = open_events(self.output_dir, config.tensorboard and self.is_main, 0 if fresh else self.step + 1)
+        self.metrics = MetricsWriter(self.output_dir / "metrics.jsonl", enabled=self.is_main, events=events)
         # keep only what the resumed state saw; a fresh start keeps nothing of a run killed before its first checkpoint
         self.metrics.truncate_after(self.step if not fresh else -1)
 
