@@ -38,7 +38,7 @@ from torch import nn
 from .. import kernels
 from ..data.tables import atomic_output
 from ..kernels.conv import folds_group_norm
-from .components import ConvFeatureExtractor, conv_output_length, masked_group_norm, valid_frames
+from .feature_extractor import ConvFeatureExtractor, conv_output_length, masked_group_norm, valid_frames
 from .encoder import Encoder
 from .heads import LayerProjections, PredictionHeads
 
