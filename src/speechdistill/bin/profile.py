@@ -107,11 +107,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 rows = profiling.student_table(presets, reference=args.reference, seconds=args.seconds,
                                                batch=args.batch, device=device, repeats=args.repeats,
                                                warmup=args.warmup, progress=step, onnx=onnx,
-                                               check_audio=check_audio, on_export=on_export)
+                                               check_audio=check_audio, on_export=on_export,
+                                               on_row=lambda row: log.info("%s", json.dumps(row)))
             table = profiling.markdown_table(rows, seconds=args.seconds, batch=args.batch, device=str(device),
                                              threads=torch.get_num_threads())
-            for row in rows:
-                log.info("%s", json.dumps(row))
             print(table)
             return 0
         model = profiling.resolve_model(args.model)

@@ -270,7 +270,8 @@ def onnx_variants(model: ProfiledModel, directory: Path, check_audio: Sequence[t
 def student_table(presets: List[str], *, reference: str = "hubert_base", seconds: float, batch: int,
                   device: torch.device, repeats: int, warmup: int, progress: Optional[Callable[[], None]] = None,
                   onnx: bool = False, check_audio: Sequence[torch.Tensor] = (),
-                  on_export: Optional[Callable[[str], None]] = None) -> List[Dict[str, object]]:
+                  on_export: Optional[Callable[[str], None]] = None,
+                  on_row: Optional[Callable[[Dict[str, object]], None]] = None) -> List[Dict[str, object]]:
     """Rows (reference first) with params, MACs/s and CPU time relative to the reference.
 
     All models run round-robin (reference, student 1, student 2, ..., reference, ...) so that
@@ -278,7 +279,8 @@ def student_table(presets: List[str], *, reference: str = "hubert_base", seconds
     (CPU only) each model is then exported (:func:`onnx_variants`, checked on ``check_audio``;
     ``on_export(name)`` is called first) and its float32 and int8 graphs run round-robin with our PyTorch
     forward of the same model; a model's sessions are closed before the next one's open (each keeps
-    its working memory, ~1 GB for a student on 4 x 10 s).
+    its working memory, ~1 GB for a student on 4 x 10 s). ``on_row(row)`` is called as each row is complete
+    (a long run shows its results as it goes).
     """
     models = [resolve_model(reference)] + [resolve_model(name) for name in presets]
     wavs = make_input(batch, seconds, device)
@@ -299,6 +301,9 @@ def student_table(presets: List[str], *, reference: str = "hubert_base", seconds
             "published_params": m.published_params_text or (f"{m.published_params:,}" if m.published_params else ""),
             "published_macs": m.published_macs, "macs_per_second": macs, "forward_seconds_median": median,
             "time_ratio": median / reference_time, "audio_seconds_per_second": batch * seconds / median})
+    if on_row is not None and not onnx:
+        for row in rows:
+            on_row(row)
     if onnx:
         host_wavs, host_lengths = wavs.cpu().numpy(), np.full(batch, wavs.shape[1], dtype=np.int64)
         for m, row in zip(models, rows):
@@ -318,6 +323,8 @@ def student_table(presets: List[str], *, reference: str = "hubert_base", seconds
             row["onnx_int8_cosine"] = found.int8_cosine
             row["onnx_int8_worst_cosine"] = min(found.int8_cosine.values())
             del found, graphs, rounds  # (the sessions and their working memory)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 
