@@ -70,3 +70,17 @@ def test_distilhubert_student_exports_and_structures_hf_cannot_express_are_refus
     with pytest.raises(ExportError, match="prune"):
         export_hf(Encoder(tiny(prune_heads=True)), tmp_path / "gated")
     assert not (tmp_path / "arm").exists()
+
+
+def test_model_directories_get_umask_permissions_not_0700(tmp_path):
+    """Model dirs are built in a private temporary dir and renamed into place; the result is shared like any
+    directory the user makes (a data dir is written the same way, tests/test_datadir.py)."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = save_model(Encoder(tiny()), tmp_path / "student")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging dir left behind

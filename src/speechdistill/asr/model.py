@@ -23,7 +23,7 @@ import yaml
 from torch import nn
 
 from ..config import ConfigError, from_dict, to_dict
-from ..data.datadir import replace_dir_atomically
+from ..data.tables import replace_dir_atomically
 from ..downstream.asr import BiLstmCtc, BiLstmCtcConfig
 from ..downstream.featurizer import Featurizer, FeaturizerConfig
 from ..downstream.tokenizer import BPE_MODEL_FILE, TOKENS_FILE, Tokenizer, load_tokenizer

@@ -30,12 +30,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .tables import (DataDirError, PathLike, atomic_write_text, format_error, read_table, sorted_items,
+from .tables import (DataDirError, PathLike, atomic_write_text, format_error, read_table, replace_dir_atomically,
+                     sorted_items,
                      write_table)
 
 logger = logging.getLogger("speechdistill.data")
@@ -96,32 +95,6 @@ def evenly_spaced(items: Sequence, count: int) -> List:
     if count >= total:
         return list(items)
     return [items[(2 * i + 1) * total // (2 * count)] for i in range(count)]
-
-
-def replace_dir_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Build a directory with ``write(staging_dir)`` beside ``target``, then rename it to ``target``.
-
-    An existing ``target`` is moved aside first and deleted after the rename, so a reader sees
-    either the old or the new directory, and an interrupted write leaves only a hidden
-    ``.<name>.tmp-*`` folder behind.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=str(target.parent)))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a data dir is shared like any other
-        write(staging)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=str(target.parent)))
-            os.rename(target, retired / "dir")
-            os.rename(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 class DataDir:

@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .datadir import RECO_FILES, SPK_FILES, DataDir, evenly_spaced, replace_dir_atomically, wav_fingerprint
+from .datadir import RECO_FILES, SPK_FILES, DataDir, evenly_spaced, wav_fingerprint
+from .tables import replace_dir_atomically
 from .tables import DataDirError, PathLike, byte_key, format_error
 
 logger = logging.getLogger("speechdistill.data")

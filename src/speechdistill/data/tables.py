@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,3 +271,28 @@ def write_list(path: PathLike, lines: Iterable[str]) -> None:
 
 def filter_table(table: Mapping[str, str], keep: Callable[[str], bool]) -> Dict[str, str]:
     return {k: v for k, v in table.items() if keep(k)}
+
+
+def replace_dir_atomically(target: PathLike, write: Callable[[Path], None]) -> None:
+    """Build a directory with ``write(staging_dir)`` beside ``target``, then rename it to ``target``.
+
+    An existing ``target`` is moved aside first and deleted after the rename, so a reader sees
+    either the old or the new directory, and an interrupted write leaves only a hidden
+    ``.<name>.tmp-*`` folder behind. Data dirs, model dirs and exports are all written this way.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=str(target.parent)))
+    try:
+        os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp makes 0700; outputs are shared like any dir
+        write(staging)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=str(target.parent)))
+            os.rename(target, retired / "dir")
+            os.rename(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -22,7 +22,7 @@ from .encoder import Encoder
 from .import_fairseq import FAIRSEQ_IGNORED, FAIRSEQ_RULES, config_from_fairseq, import_pickled, parse_conv_layers
 from .import_huggingface import HF_BASE_PREFIXES, HF_MODEL_TYPES, HF_RULES, config_from_hf, import_hf
 from .model_dir import (CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, HEADS_WEIGHTS_FILE, WEIGHTS_FILE, import_ours,
-                        load_heads, read_model_config, save_model, write_directory_atomically)
+                        load_heads, read_model_config, save_model)
 from .weights import (ImportReport, ModelFormatError, PathLike, count_parameters, describe_shape,
                       encoder_with_weights, map_state_dict, read_safetensors)
 
@@ -30,7 +30,7 @@ __all__ = ["CONFIG_FILE", "FAIRSEQ_IGNORED", "FAIRSEQ_RULES", "FORMAT_NAME", "FO
            "HF_BASE_PREFIXES", "HF_MODEL_TYPES", "HF_RULES", "WEIGHTS_FILE", "ImportReport", "ModelFormatError",
            "config_from_fairseq", "config_from_hf", "count_parameters", "describe_shape", "detect_format",
            "encoder_with_weights", "import_model", "load_heads", "load_model", "map_state_dict", "parse_conv_layers",
-           "read_model_config", "read_safetensors", "save_model", "write_directory_atomically"]
+           "read_model_config", "read_safetensors", "save_model"]
 
 
 def detect_format(path: PathLike) -> str:

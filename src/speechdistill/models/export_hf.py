@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Union
 
 import torch
 
-from .checkpoints import write_directory_atomically
+from ..data.tables import replace_dir_atomically
 from .config import EncoderConfig
 from .encoder import Encoder
 
@@ -159,5 +159,5 @@ def export_hf(model: Encoder, out_dir: Union[str, Path]) -> Path:
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n", encoding="utf-8")
 
     out = Path(out_dir)
-    write_directory_atomically(out, write)
+    replace_dir_atomically(out, write)
     return out

@@ -2,16 +2,14 @@
 provenance) + ``model.safetensors`` (+ ``heads.safetensors``); no pickle. Written atomically."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Type
 
 import torch
 import yaml
 
 from ..config import ConfigError, to_dict
+from ..data.tables import replace_dir_atomically
 from .config import EncoderConfig
 from .encoder import Encoder
 from .weights import ImportReport, ModelFormatError, PathLike, count_parameters, encoder_with_weights, read_safetensors
@@ -23,18 +21,24 @@ WEIGHTS_FILE = "model.safetensors"
 HEADS_WEIGHTS_FILE = "heads.safetensors"
 
 
-def read_model_config(directory: PathLike) -> Dict[str, Any]:
-    path = Path(directory) / CONFIG_FILE
+def read_format_config(path: Path, format_name: str, format_version: int,
+                       error: Type[Exception] = ModelFormatError) -> Dict[str, Any]:
+    """The mapping of a versioned YAML config (``format: <format_name>``, ``format_version: <n>``) that this
+    speechdistill can read, or ``error`` naming the file and what is wrong with it."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ModelFormatError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise ModelFormatError(f"{path}: not a {FORMAT_NAME} config (missing 'format: {FORMAT_NAME}')")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelFormatError(f"{path}: format_version {data.get('format_version')} is newer than this "
-                               f"speechdistill ({FORMAT_VERSION}); upgrade speechdistill")
+        raise error(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise error(f"{path}: not a {format_name} config (missing 'format: {format_name}')")
+    if int(data.get("format_version", 0)) > format_version:
+        raise error(f"{path}: format_version {data.get('format_version')} is newer than this speechdistill "
+                    f"({format_version}); upgrade speechdistill")
     return data
+
+
+def read_model_config(directory: PathLike) -> Dict[str, Any]:
+    return read_format_config(Path(directory) / CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION)
 
 
 def import_ours(directory: Path) -> Tuple[Encoder, ImportReport]:
@@ -49,24 +53,6 @@ def import_ours(directory: Path) -> Tuple[Encoder, ImportReport]:
                           architecture=str(source.get("architecture", "speechdistill")), config=config,
                           num_params=count_parameters(model))
     return model.eval(), report
-
-
-def write_directory_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Write into a temporary sibling directory, then move it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=str(out_dir.parent)))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=str(out_dir.parent)))
-            os.replace(out_dir, old / "previous")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_model(model: Encoder, out_dir: PathLike, *, heads: Optional[torch.nn.Module] = None,
@@ -98,7 +84,7 @@ def save_model(model: Encoder, out_dir: PathLike, *, heads: Optional[torch.nn.Mo
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False, default_flow_style=None),
                                        encoding="utf-8")
 
-    write_directory_atomically(out, write)
+    replace_dir_atomically(out, write)
     return out
 
 

@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from ..config import ConfigError, from_dict, to_dict
-from ..data.datadir import replace_dir_atomically
+from ..data.tables import replace_dir_atomically
 from ..downstream.featurizer import Featurizer, FeaturizerConfig
 from ..downstream.probe_heads import LinearCtc, ProbeHeadConfig, UtteranceClassifier
 from .tasks import LabelSet, TaskSpec, task_spec

@@ -34,8 +34,9 @@ from ..config import ConfigError, from_dict, to_dict
 from ..downstream.ecapa import EcapaConfig, EcapaTdnn, MeanStdBackendConfig, MeanStdLinearBackend
 from ..downstream.featurizer import Featurizer, FeaturizerConfig
 from ..downstream.frontend import Fbank, FbankConfig
+from ..data.tables import replace_dir_atomically
 from ..losses.aam import AamSoftmax, SoftmaxSpeakerHead, SpeakerLossOutput
-from ..models.checkpoints import write_directory_atomically
+from ..models.model_dir import read_format_config
 
 SV_FORMAT = "speechdistill-sv"
 SV_FORMAT_VERSION = 1
@@ -264,7 +265,7 @@ def save_sv_model(embedder: SpeakerEmbedder, out_dir: PathLike, *, system: str,
         (tmp / SV_CONFIG_FILE).write_text(yaml.safe_dump(document, sort_keys=False, default_flow_style=None),
                                           encoding="utf-8")
 
-    write_directory_atomically(out, write)
+    replace_dir_atomically(out, write)
     return out
 
 
@@ -275,16 +276,7 @@ def read_sv_config(directory: PathLike) -> Dict[str, Any]:
                 if (Path(directory) / "config.yaml").is_file() else "")
         raise SvModelError(f"{path}: not found; {directory} is not a speaker-verification model directory{hint}. "
                            "Fix: pass the <exp>/sv_model directory written by speechdistill.bin.sv_train")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SvModelError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != SV_FORMAT:
-        raise SvModelError(f"{path}: not a {SV_FORMAT} config (missing 'format: {SV_FORMAT}')")
-    if int(data.get("format_version", 0)) > SV_FORMAT_VERSION:
-        raise SvModelError(f"{path}: format_version {data.get('format_version')} is newer than this speechdistill "
-                           f"({SV_FORMAT_VERSION}); upgrade speechdistill")
-    return data
+    return read_format_config(path, SV_FORMAT, SV_FORMAT_VERSION, SvModelError)
 
 
 def load_sv_model(directory: PathLike) -> SpeakerEmbedder:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping
 
-from speechdistill.data.datadir import replace_dir_atomically
+from speechdistill.data.tables import replace_dir_atomically
 
 from ..common import CorpusError
 from .espeak import make_voice_data
