@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,27 @@ def test_model_directories_get_umask_permissions_not_0700(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging dir left behind
+
+
+def test_random_student_skips_only_an_output_of_the_same_seed_newer_than_the_student(tmp_path):
+    """bin.random_student --skip-if-current (the recipe's rerun of stage 3): kept when it holds this seed's draw
+    of the current student, redrawn for another seed or a retrained student."""
+    save_model(Encoder(tiny()), tmp_path / "student")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+
+    def draw(seed):
+        done = subprocess.run([sys.executable, "-m", "speechdistill.bin.random_student", "--student",
+                               str(tmp_path / "student"), "--out", str(tmp_path / "random"), "--seed", str(seed),
+                               "--skip-if-current"], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stderr, (tmp_path / "random" / "model.safetensors").read_bytes()
+
+    first, weights0 = draw(0)
+    again, same = draw(0)
+    assert "kept" not in first and "kept" in again and same == weights0
+    other, weights1 = draw(1)
+    assert "kept" not in other and weights1 != weights0
+    time.sleep(0.01)
+    save_model(Encoder(tiny()), tmp_path / "student")  # retrained: newer than the random student
+    retrained, _ = draw(1)
+    assert "kept" not in retrained

@@ -22,20 +22,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="model dir to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation (default 0)")
     parser.add_argument("--skip-if-current", "--skip_if_current", action="store_true",
-                        help="do nothing when --out already holds a random student written after --student's weights "
-                             "(a rerun of the recipe stage)")
+                        help="do nothing when --out already holds a random student of this --seed written after "
+                             "--student's weights (a rerun of the recipe stage)")
     return parser
+
+
+def _is_current(out: Path, student: Path, seed: int) -> bool:
+    """``out`` holds a random student drawn with ``seed``, written after ``student``'s weights."""
+    from speechdistill.models.checkpoints import WEIGHTS_FILE, ModelFormatError, read_model_config
+
+    written, source = out / WEIGHTS_FILE, student / WEIGHTS_FILE
+    if not (written.is_file() and source.is_file()) or written.stat().st_mtime < source.stat().st_mtime:
+        return False
+    try:
+        return (read_model_config(out).get("source") or {}).get("seed") == seed
+    except ModelFormatError:
+        return False
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from speechdistill.distill.report import save_random_student
-    from speechdistill.models.checkpoints import WEIGHTS_FILE
 
-    written, source = args.out / WEIGHTS_FILE, args.student / WEIGHTS_FILE
-    if args.skip_if_current and written.is_file() and source.is_file() and \
-            written.stat().st_mtime >= source.stat().st_mtime:
-        print(f"random_student: {args.out} is newer than {args.student}; kept", file=sys.stderr)
+    if args.skip_if_current and _is_current(args.out, args.student, args.seed):
+        print(f"random_student: {args.out} (seed {args.seed}) is newer than {args.student}; kept", file=sys.stderr)
         return 0
 
     save_random_student(args.student, args.out, seed=args.seed)
