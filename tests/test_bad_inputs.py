@@ -143,6 +143,35 @@ def test_a_read_only_or_full_output_disk_is_named_with_the_path(speakers, tmp_pa
     assert expected.format(out=out) in line
 
 
+@pytest.mark.skipif(not _mount_namespace(), reason="needs unshare -rm and tmpfs mounts (a mount namespace)")
+def test_a_checkpoint_that_fills_the_disk_is_reported_as_a_full_disk_wherever_the_write_fails(tmp_path):
+    """torch.save hides the errno of a failed write ("unexpected pos ..."); however full the disk already is, the
+    message says the disk is full, the temporary is removed and the earlier checkpoint stays."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from speechdistill.train.checkpoint import CheckpointError, save_checkpoint\n"
+        "folder = Path(sys.argv[1]) / 'checkpoints'\n"
+        "save_checkpoint({'step': 1}, folder, 1, keep=5)\n"
+        "(Path(sys.argv[1]) / 'filler').write_bytes(bytes(int(sys.argv[2])))\n"
+        "try:\n"
+        "    save_checkpoint({'step': 2, 'model': torch.arange(60000.0)}, folder, 2, keep=5)\n"
+        "except CheckpointError as exc:\n"
+        "    print(exc)\n"
+        "print(sorted(p.name for p in folder.iterdir()))\n")
+    for filler in (0, 30_000, 60_000, 85_000):
+        done = run("unshare", "-rm", "bash", "-c", f'mount -t tmpfs -o size=96k tmpfs {disk} && exec "$@"', "bash",
+                   sys.executable, "-c", script, disk, filler)
+        assert done.returncode == 0, done.stderr[-2000:]
+        message, names = done.stdout.strip().splitlines()
+        assert message.startswith(f"{disk}/checkpoints/ckpt-2.pt: cannot write the checkpoint: No space left on "
+                                  f"device. Fix: free space on the disk of {disk}/checkpoints ("), (filler, message)
+        assert message.endswith("the earlier checkpoints are kept and a rerun resumes from the last one"), message
+        assert names == "['ckpt-1.pt']", (filler, names)
+
+
 # ------------------------------------------------------------------------------------------- data dirs
 def test_a_byte_order_mark_is_reported_as_such_and_fix_keeps_the_utterance(speakers, tmp_path):
     data = tmp_path / "bom"

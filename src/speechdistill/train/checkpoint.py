@@ -85,24 +85,47 @@ def remove_stale_temporaries(directory: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+class _ErrorKeepingWriter:
+    """A binary file for ``torch.save`` that keeps the ``OSError`` of a failed write (torch.save hides it)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: Optional[OSError] = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(state: Dict[str, Any], directory: Path, step: int, keep: int) -> Path:
     """Write ``state`` as ``ckpt-<step>.pt`` atomically, then delete all but the last ``keep``."""
     directory = Path(directory)
     final = checkpoint_path(directory, step)
     tmp = None
+    writer: Optional[_ErrorKeepingWriter] = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".ckpt-{step}.", suffix=".tmp", dir=str(directory))
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            writer = _ErrorKeepingWriter(handle)
+            torch.save(state, writer)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+    except (OSError, RuntimeError) as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise CheckpointError(write_failure(final, exc, "the checkpoint") + "; the earlier checkpoints are kept and "
-                              "a rerun resumes from the last one") from None
+        # torch.save turns the OSError of a failed write (a full disk) into a RuntimeError without its errno
+        # ("unexpected pos ..."): name the OSError the file raised instead.
+        cause = exc if isinstance(exc, OSError) or writer is None or writer.error is None else writer.error
+        raise CheckpointError(write_failure(final, cause, "the checkpoint") + "; the earlier checkpoints are kept "
+                              "and a rerun resumes from the last one") from None
     except BaseException:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
