@@ -42,3 +42,13 @@ def test_targets_and_labels(tmp_path):
     with pytest.raises(ValueError, match="not one of"):
         read_targets(task_spec("ks"), data)
     assert LabelSet.build(task_spec("ks"), {"a": ["no"]}).slots == [list(KS_CLASSES)]
+
+
+@pytest.mark.parametrize("task", ["pr", "ic"])
+def test_class_balance_is_refused_where_it_would_weigh_nothing_or_one_slot(task):
+    from speechdistill.config import ConfigError
+    from speechdistill.probe.task import ProbeConfig
+
+    ProbeConfig(task="ks", class_balance=True, upstream="u", train_data="d").validate()
+    with pytest.raises(ConfigError, match="class_balance"):
+        ProbeConfig(task=task, class_balance=True, upstream="u", train_data="d", max_seconds=None).validate()

@@ -68,6 +68,20 @@ def test_rerun_keeps_the_probes_and_errors_are_named(recipe_run):
     assert missing.returncode == 1 and "upstream" in missing.stdout and "not found" in missing.stdout
     bad_task = run_recipe(recipe, "--tasks", "asr", "--upstream", str(upstream))
     assert bad_task.returncode == 1 and "unknown task 'asr'" in bad_task.stdout
+    # new targets (same utterances, one label changed): the probe learns them from scratch, not by resuming the
+    # finished run trained on the old ones, and the test set is scored again
+    exp, labels_path = recipe / "exp" / "ks_upstream", recipe / "data" / "ks_train" / "utt2label"
+    labels = read_table(labels_path)
+    first = next(utt for utt, label in labels.items() if label == "yes")
+    labels_path.write_text("".join(f"{u} {'no' if u == first else v}\n" for u, v in labels.items()))
+    scored_before = (exp / "eval/test/score.json").stat().st_mtime_ns
+    relabeled = run_recipe(recipe, *ARGS, "--tasks", "ks", "--stage", "1", "--stop_stage", "1", "--upstream",
+                           str(upstream))
+    assert relabeled.returncode == 0, relabeled.stdout[-4000:] + relabeled.stderr[-3000:]
+    assert "already trained" not in relabeled.stdout and "training it afresh" in relabeled.stdout
+    log = (exp / "train.log").read_text()
+    assert "resumed at update" not in log and "update 3/3" in log
+    assert (exp / "eval/test/score.json").stat().st_mtime_ns > scored_before
 
 
 def test_pr_stage_of_the_librispeech_recipe_and_sid_stage_of_the_voxceleb_recipe(recipe_run, tmp_path,

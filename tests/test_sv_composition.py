@@ -123,3 +123,25 @@ def test_a_student_without_distillation_keeps_its_adapters_in_the_speaker_pass(f
         features, frames = model.featurizer(on.hidden_states, on.lengths)
         expected = model.speaker_head(model.backend(features, frames), batch["speaker"]).loss
     torch.testing.assert_close(out.speaker.loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_student_without_adapters_runs_once_for_both_branches_of_one_input(files, tmp_path):
+    """Without adapters the distillation and speaker branches are one network: on the same crop
+    (kd_input same_crop) one student pass of B rows serves both, with the numbers of two."""
+    task, model = make_task(files, tmp_path, system=None, upstream="student", adapters=False)
+    assert task.kd_terms and model.student.config.adapter_dim == 0
+    rows = []
+    model.student.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    batch = batch_of(files)
+    model.eval()
+    with torch.no_grad():
+        out = task.train_step(model, batch, 0)
+        assert rows == [4]
+        two = model(batch["wavs"], batch["lengths"], batch["speaker"], kd_wavs=batch["wavs"].clone(),
+                    kd_lengths=batch["lengths"].clone())
+        assert rows == [4, 8]
+        targets = task._teacher(batch["wavs"], batch["lengths"], task.teacher_layers)
+        kd_two, terms_two = task._kd_loss(two.kd_predictions, targets, epoch=1)
+    torch.testing.assert_close(out.terms["speaker_loss"], two.speaker.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.terms["kd_mse"], terms_two["kd_mse"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.loss, kd_two + two.speaker.loss, atol=1e-4, rtol=1e-5)

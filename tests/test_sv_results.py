@@ -157,3 +157,32 @@ def test_conditions_get_one_eer_mindcf_pair_each(tmp_path):
     done = subprocess.run(command[:-3] + ["b", "snr0", str(tmp_path / "test_snr0.score")], capture_output=True,
                           text=True, env=env, timeout=120)
     assert done.returncode == 1 and "no --system named b" in done.stderr
+
+
+def test_the_encoder_column_says_what_the_saved_model_feeds_its_back_end(tmp_path):
+    """The encoder cell comes from what sv_model.yaml records (front end, featurizer, student), so a frozen
+    teacher read at one layer is not reported as a weighted sum."""
+    from speechdistill.sv.results import ScoredSystem, write_comparison
+
+    rng = np.random.default_rng(4)
+    labels = rng.random(60) < 0.5
+    saved = {
+        "fbank": {"system": "fbank", "frontend": "fbank", "info": {"backend_params": 10}},
+        "last": {"system": "ssl_frozen", "frontend": "upstream", "info": {"student": None, "upstream_params": 100},
+                 "featurizer": {"num_hidden_states": 5, "config": {"mode": "single", "layer": -1}}},
+        "sum": {"system": "ssl_frozen", "frontend": "upstream", "info": {"student": None, "upstream_params": 100},
+                "featurizer": {"num_hidden_states": 5, "config": {"mode": "weighted_sum", "layers": None}}},
+        "some": {"system": "ssl_frozen", "frontend": "upstream", "info": {"student": None, "upstream_params": 100},
+                 "featurizer": {"num_hidden_states": 5, "config": {"mode": "weighted_sum", "layers": [2, 4]}}},
+    }
+    systems = []
+    for name, document in saved.items():
+        item, _ = write_lists(tmp_path, name, labels, rng.normal(size=60) + labels)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sv_model.yaml").write_text(yaml.safe_dump(document))
+        systems.append(ScoredSystem(name, item.scores, tmp_path / "fbank.trials", tmp_path / name))
+    table = write_comparison(systems, tmp_path / "RESULTS.md", title="t", det_png=tmp_path / "det.png")
+    cells = {line.split("|")[1]: line.split("|")[2] for line in table.splitlines()[2:]}
+    assert cells == {"fbank": "log-mel fbank", "last": "frozen teacher, hidden state -1",
+                     "sum": "frozen teacher, weighted sum of all layers",
+                     "some": "frozen teacher, weighted sum of hidden states [2, 4]"}

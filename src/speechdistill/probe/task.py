@@ -64,6 +64,11 @@ class ProbeConfig(SuperbProbeConfig):
         if self.train_features and self.max_seconds is not None:
             raise ConfigError(f"config.max_seconds: {self.max_seconds} crops the audio, but train_features holds "
                               "whole utterances. Fix: set max_seconds to null, or train on the fly")
+        spec = task_spec(self.task)
+        if self.class_balance and (spec.kind != "classify" or len(spec.slots) != 1):
+            raise ConfigError(f"config.class_balance: true weighs the classes of a single-label task (ks, sid); the "
+                              f"{spec.title} task has {'phone sequences' if spec.kind == 'ctc' else 'several slots'}. "
+                              "Fix: set class_balance to false")
         if self.task == "pr" and self.max_seconds is not None:
             raise ConfigError(f"config.max_seconds: {self.max_seconds} would cut utterances apart from their phone "
                               "transcripts; PR trains on whole utterances. Fix: set it to null")

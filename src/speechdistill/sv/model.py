@@ -12,7 +12,7 @@ speaker classification head and, for a student with distillation terms (OS-KDFT)
 distillation heads. Its forward runs the student once on ``[kd inputs; sv inputs]`` stacked along
 the batch with the adapters switched off for the first rows and on for the others -- the released
 code's "batch passed twice" -- and returns the distillation branch's hidden states together with
-the speaker loss.
+the speaker loss. A student without adapters whose branches see the same input runs it once.
 
 A trained system is saved as a directory (written under a temporary name, then renamed)::
 
@@ -155,15 +155,13 @@ class SvTrainModel(nn.Module):
     def _head_targets(self) -> List[int]:
         return list(self.kd_heads.config.target_layers) if self.kd_heads is not None else []
 
-    def _student_pass(self, wavs: torch.Tensor, lengths: torch.Tensor, adapter_rows: Union[bool, torch.Tensor],
-                      kd_rows: int) -> Tuple[List[Optional[torch.Tensor]], List[Optional[torch.Tensor]], torch.Tensor]:
+    def _student_pass(self, wavs: torch.Tensor, lengths: torch.Tensor, adapter_rows: Union[bool, torch.Tensor]
+                      ) -> Tuple[List[Optional[torch.Tensor]], torch.Tensor]:
         needed = set(self.kd_student_layers) | set(self.featurizer.selected_layers)
         if self.kd_heads is not None:
             needed |= set(self.kd_heads.config.source_layers)
         out = self.student(wavs, lengths, output_layers=needed, use_adapters=adapter_rows)
-        kd_states = [None if h is None else h[:kd_rows] for h in out.hidden_states]
-        sv_states = [None if h is None else h[kd_rows:] for h in out.hidden_states]
-        return kd_states, sv_states, out.lengths
+        return out.hidden_states, out.lengths
 
     def forward(self, sv_wavs: Optional[torch.Tensor], sv_lengths: Optional[torch.Tensor],
                 labels: Optional[torch.Tensor], *, kd_wavs: Optional[torch.Tensor] = None,
@@ -177,7 +175,9 @@ class SvTrainModel(nn.Module):
                 the speaker branch (a distillation-only pass).
             labels: ``[B]`` speaker indices (None: embeddings are computed but no loss).
             kd_wavs, kd_lengths: distillation branch input ``[B_kd, T_kd]`` and ``[B_kd]`` (a student
-                only); run through the student with the adapters off.
+                only); run through the student with the adapters off. Passing the very tensors
+                ``sv_wavs`` and ``sv_lengths`` says both branches see one input: a student without
+                adapters then runs once for both.
             upstream_states, upstream_frames: upstream frozen_teacher only -- the frozen teacher's
                 hidden states (``[B, N, D]`` each) and valid frames ``[B]`` for the speaker branch.
         """
@@ -186,18 +186,27 @@ class SvTrainModel(nn.Module):
         features = frames = None
         if self.student is not None:
             kd_rows = 0 if kd_wavs is None else kd_wavs.shape[0]
-            if kd_wavs is not None and sv_wavs is not None:
-                samples = max(kd_wavs.shape[1], sv_wavs.shape[1])
-                wavs = torch.cat([pad_to(kd_wavs, samples), pad_to(sv_wavs, samples)])
-                lengths = torch.cat([kd_lengths, sv_lengths])
-                adapter_rows: Union[bool, torch.Tensor] = torch.arange(wavs.shape[0], device=wavs.device) >= kd_rows
-            elif kd_wavs is not None:
-                wavs, lengths, adapter_rows = kd_wavs, kd_lengths, False
+            if kd_wavs is not None and kd_wavs is sv_wavs and kd_lengths is sv_lengths \
+                    and not self.student.config.adapter_dim:
+                # without adapters both branches are one network: on one input, one pass serves both
+                states, sv_frames = self._student_pass(sv_wavs, sv_lengths, False)
+                kd_states, sv_states, kd_frames = states, states, sv_frames
             else:
-                wavs, lengths, adapter_rows = sv_wavs, sv_lengths, True
-            kd_states, sv_states, all_frames = self._student_pass(wavs, lengths, adapter_rows, kd_rows)
+                if kd_wavs is not None and sv_wavs is not None:
+                    samples = max(kd_wavs.shape[1], sv_wavs.shape[1])
+                    wavs = torch.cat([pad_to(kd_wavs, samples), pad_to(sv_wavs, samples)])
+                    lengths = torch.cat([kd_lengths, sv_lengths])
+                    adapter_rows: Union[bool, torch.Tensor] = \
+                        torch.arange(wavs.shape[0], device=wavs.device) >= kd_rows
+                elif kd_wavs is not None:
+                    wavs, lengths, adapter_rows = kd_wavs, kd_lengths, False
+                else:
+                    wavs, lengths, adapter_rows = sv_wavs, sv_lengths, True
+                states, all_frames = self._student_pass(wavs, lengths, adapter_rows)
+                kd_states = [None if h is None else h[:kd_rows] for h in states]
+                sv_states = [None if h is None else h[kd_rows:] for h in states]
+                kd_frames, sv_frames = (all_frames[:kd_rows] if kd_rows else None), all_frames[kd_rows:]
             if kd_rows:
-                kd_frames = all_frames[:kd_rows]
                 for index in self.kd_student_layers:
                     kd_predictions[index] = kd_states[index]
                 if self.kd_heads is not None:
@@ -205,7 +214,7 @@ class SvTrainModel(nn.Module):
                     for k, target in enumerate(self._head_targets()):
                         kd_predictions[f"h{target}"] = predicted[:, k]
             if sv_wavs is not None:
-                features, frames = self.featurizer(sv_states, all_frames[kd_rows:])
+                features, frames = self.featurizer(sv_states, sv_frames)
         elif self.fbank is not None:
             if sv_wavs is not None:
                 features, frames = self.fbank(sv_wavs, sv_lengths)

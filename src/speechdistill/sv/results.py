@@ -145,6 +145,15 @@ def write_results(lists: Sequence[ScoredList], output: PathLike, *, title: str, 
     return rows
 
 
+def _featurizer_words(featurizer: dict) -> str:
+    """What the featurizer section of ``sv_model.yaml`` feeds the back-end, in words."""
+    config = featurizer.get("config") or {}
+    if config.get("mode") == "single":
+        return f"hidden state {config.get('layer', -1)}"
+    layers = config.get("layers")
+    return "weighted sum of all layers" if layers is None else f"weighted sum of hidden states {layers}"
+
+
 def _encoder_cells(model_dir: Path) -> Tuple[str, str, str]:
     """(encoder description, encoder parameters, back-end parameters) of a speaker model dir."""
     path = model_dir / "sv_model.yaml"
@@ -152,11 +161,10 @@ def _encoder_cells(model_dir: Path) -> Tuple[str, str, str]:
         raise ValueError(f"{path} not found: the system's model dir must hold the sv_model exported by sv_train")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     info = data.get("info") or {}
-    system = data.get("system", "?")
-    if system == "fbank":
+    if data.get("frontend") == "fbank":
         encoder = "log-mel fbank"
-    elif system == "ssl_frozen":
-        encoder = "frozen teacher, weighted sum of all layers"
+    elif not info.get("student"):
+        encoder = f"frozen teacher, {_featurizer_words(data.get('featurizer') or {})}"
     else:
         init = info.get("student_init")
         origin = "random init" if init is not None and not any(init.values()) else "copied from the teacher"
