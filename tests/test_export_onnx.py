@@ -217,3 +217,52 @@ def test_cli_refuses_layers_the_model_lacks_and_heads_it_has_not(tmp_path, capsy
     assert export_onnx_cli.main([str(tmp_path / "bare"), str(tmp_path / "x.onnx"), "--heads"]) == 1
     assert "--heads given but no heads are saved with this model" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def without_package(root: Path, name: str) -> Path:
+    """A folder that, first on PYTHONPATH, makes ``import name`` fail as it does where the package is not
+    installed."""
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{name}'\", name='{name}')\n")
+    return root
+
+
+def test_cli_stops_on_what_needs_no_model_before_the_export_on_one_line(tmp_path, capsys):
+    """onnxruntime missing, check data that is not there, an output it cannot write: said at once (not after
+    the minutes torch.export takes for a teacher), on one line, exit 1; a log goes into a folder still to be
+    made."""
+    encoder, _ = small_student("distilhubert")
+    save_model(encoder, tmp_path / "student")
+    no_onnxruntime = without_package(tmp_path / "site", "onnxruntime")
+    student, out = str(tmp_path / "student"), tmp_path / "x.onnx"
+    missing = "the Python package 'onnxruntime' is missing; install the ONNX extra"
+    cases = {  # name: (arguments, folder first on PYTHONPATH, the error's start)
+        "check without onnxruntime": ([student, str(out)], no_onnxruntime, missing),
+        "int8 without onnxruntime": ([student, str(out), "--int8", "--no-check"], no_onnxruntime, missing),
+        "no check data": ([student, str(out), "--check-data", str(tmp_path / "dev"), "--log",
+                           str(tmp_path / "log" / "export.log")], None, f"{tmp_path / 'dev'}: data directory not found"),
+    }
+    processes = {}
+    for name, (arguments, first, _) in cases.items():
+        path = [str(first)] if first is not None else []
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path + [str(REPO / "src")]), OMP_NUM_THREADS="1")
+        processes[name] = subprocess.Popen([sys.executable, "-m", "speechdistill.bin.export_onnx", *arguments],
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "out_dir").mkdir()
+    unwritable = {"output is a directory": (tmp_path / "out_dir", f"{tmp_path / 'out_dir'} is a directory. Fix: give "
+                                            f"the file to write, e.g. {tmp_path / 'out_dir' / 'model.onnx'}"),
+                  "output under a file": (tmp_path / "a_file" / "x.onnx", f"{tmp_path / 'a_file' / 'x.onnx'}: "
+                                          f"{tmp_path / 'a_file'} is a file, not a directory. Fix:")}
+    for name, (path, message) in unwritable.items():
+        assert export_onnx_cli.main([student, str(path)]) == 1, name
+        assert capsys.readouterr().err.startswith(f"export_onnx: error: {message}"), name
+    for name, (_, _, message) in cases.items():
+        stdout, stderr = processes[name].communicate(timeout=300)
+        assert processes[name].returncode == 1, (name, stderr)
+        lines = stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"export_onnx: error: {message}"), (name, stderr)
+        assert stdout == ""
+    assert (tmp_path / "log" / "export.log").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "log", "out_dir", "site", "student"]
+    assert not list((tmp_path / "out_dir").iterdir())

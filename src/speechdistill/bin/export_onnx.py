@@ -59,7 +59,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if args.log:
-        handlers.append(logging.FileHandler(args.log))
+        try:
+            Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(args.log))
+        except OSError as exc:
+            print(f"export_onnx: error: --log {args.log}: cannot write it: {exc.strerror or exc}. Fix: choose a "
+                  "writable path", file=sys.stderr)
+            return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s export_onnx: %(message)s", handlers=handlers,
                         force=True)
     log = logging.getLogger("speechdistill.export_onnx")
@@ -68,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from speechdistill.models.checkpoints import detect_format, load_heads, load_model
-    from speechdistill.models.export_onnx import export_onnx
+    from speechdistill.models.export_onnx import check_output_file, export_onnx, require
     from speechdistill.models.onnx_runtime import OnnxModel, check_export, read_check_audio, synthetic_utterances
 
     if args.threads is not None:
@@ -76,6 +82,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.out)
     started = time.perf_counter()
     try:
+        # What can fail without the model is checked before the export, which takes minutes for a teacher.
+        check_output_file(out, "model.onnx")
+        if args.check or args.int8:
+            require("onnxruntime")
+        if args.check and args.check_data:
+            utterances, source = read_check_audio(args.check_data, args.check_utts, args.check_seconds), \
+                args.check_data
+        elif args.check:
+            utterances, source = synthetic_utterances(), "synthetic"
         encoder = load_model(args.model)
         heads = None
         if args.heads:
@@ -95,11 +110,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                          "lengths": "[batch] int64, valid samples"},
                        "outputs": export.outputs, "min_samples": export.min_samples}
             if args.check:
-                if args.check_data:
-                    utterances, source = read_check_audio(args.check_data, args.check_utts, args.check_seconds), \
-                        args.check_data
-                else:
-                    utterances, source = synthetic_utterances(), "synthetic"
                 log.info("checking against our PyTorch model on %d utterance(s) (%s), alone and batched",
                          len(utterances), source)
                 result = check_export(encoder, OnnxModel(staged, threads=args.threads), utterances, heads=heads)

@@ -60,6 +60,26 @@ def require(module: str):
         raise OnnxExportError(f"the Python package '{module}' is missing; {INSTALL_HINT}") from None
 
 
+def check_output_file(path: PathLike, example: str) -> Path:
+    """Fail before any work when the file ``path`` cannot be written (it is a directory, or its folder cannot
+    be made or written in): ValueError naming the path and the fix. ``example``: a file name to suggest."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory. Fix: give the file to write, e.g. {path / example}")
+    existing = next(folder for folder in path.absolute().parents if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{path}: {existing} is a file, not a directory. Fix: choose another output path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=str(path.parent), prefix=f".{path.name}.write-test-"):
+            pass
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ValueError(f"{path}: cannot write it: {exc.strerror or exc}{where}. Fix: make {path.parent} a "
+                         "writable directory or choose another output path") from None
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # The graph form of the model
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +312,9 @@ def export_onnx(encoder: Encoder, out: PathLike, *, layers: Optional[Sequence[in
     """
     require("onnx")
     require("onnxscript")
-    out = Path(out)
+    if int8:
+        require("onnxruntime")  # (its quantizer: fail before the export, not after it)
+    out = check_output_file(out, "model.onnx")
     chosen = _check_layers(encoder, layers)
     graph = GraphEncoder(encoder, chosen, heads)
     names = output_names(chosen, heads)
