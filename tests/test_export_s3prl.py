@@ -96,3 +96,24 @@ def test_a_cnn_of_another_stride_is_refused(tmp_path, capsys):
     save_model(encoder, tmp_path / "student", heads=heads)
     assert export_s3prl_cli.main([str(tmp_path / "student"), str(tmp_path / "x.ckpt")]) == 1
     assert "a CNN stride of 20 samples" in capsys.readouterr().err
+
+
+def test_an_output_it_cannot_write_or_a_checkpoint_file_is_refused_on_one_line(tmp_path, capsys):
+    encoder, heads = small_student("distilhubert", cnn=whole_cnn)
+    save_model(encoder, tmp_path / "student", heads=heads)
+    (tmp_path / "out_dir").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "speechdistill.bin.export_s3prl", str(tmp_path / "student"),
+                          str(tmp_path / "out_dir")], capture_output=True, text=True, env=env)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [f"export_s3prl: error: {tmp_path / 'out_dir'} is a directory. Fix: give the "
+                                       f"file to write, e.g. {tmp_path / 'out_dir' / 'student.ckpt'}"]
+    (tmp_path / "a_file").write_text("")
+    assert export_s3prl_cli.main([str(tmp_path / "student"), str(tmp_path / "a_file" / "x.ckpt")]) == 1
+    assert capsys.readouterr().err.startswith(f"export_s3prl: error: {tmp_path / 'a_file' / 'x.ckpt'}: "
+                                              f"{tmp_path / 'a_file'} is a file, not a directory. Fix:")
+    assert export_s3prl_cli.main([str(tmp_path / "a_file"), str(tmp_path / "x.ckpt")]) == 1
+    assert capsys.readouterr().err.startswith(f"export_s3prl: error: {tmp_path / 'a_file'}: a checkpoint file, not "
+                                              "our model directory (config.yaml + model.safetensors)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "out_dir", "student"]
+    assert not list((tmp_path / "out_dir").iterdir())

@@ -39,9 +39,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from speechdistill.models.export_s3prl import export_s3prl
 
     try:
-        if detect_format(args.model) != "ours":
-            raise ValueError(f"{args.model}: not our model directory (found a {detect_format(args.model)} "
-                             "checkpoint); the s3prl export writes students trained here")
+        found = detect_format(args.model)
+        if found != "ours":
+            kind = "a Hugging Face directory" if found == "huggingface" else "a checkpoint file"
+            raise ValueError(f"{args.model}: {kind}, not our model directory (config.yaml + model.safetensors); "
+                             "the s3prl export writes students trained here: give the student's directory "
+                             "(exp/<run>/student)")
         encoder = load_model(args.model)
         heads = load_heads(args.model) if args.heads else None
         config = export_s3prl(encoder, args.out, heads=heads)["distiller"]
