@@ -54,8 +54,9 @@ def test_hubert_base_is_7_0_to_7_9_gmacs_per_audio_second():
     assert parts["feed_forward"] == 12 * 2 * 49 * 768 * 3072
 
 
-def _run(args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+def _run(args, cwd, first_on_path=()):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, first_on_path), str(REPO / "src")]),
+               OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "speechdistill.bin.profile", *args], capture_output=True, text=True,
                           env=env, cwd=cwd)
 
@@ -136,3 +137,16 @@ def test_profile_table_times_onnxruntime_fp32_and_int8_in_turn_with_pytorch(tmp_
             assert row[f"onnx_{kind}_speedup"] == pytest.approx(speed / row["onnx_round_torch_audio_seconds_per_second"])
             assert f"| {speed:.1f} ({row[f'onnx_{kind}_speedup']:.2f}x) |" in line
         assert line.endswith(f" {row['onnx_int8_worst_cosine']:.4f} |")
+
+
+def test_profile_table_without_onnxruntime_says_so_before_timing_anything(tmp_path):
+    from test_export_onnx import without_package
+
+    (tmp_path / "tiny.yaml").write_text(TINY_PRESET)
+    run = _run(["--table", "--reference", "distilhubert", "--presets", str(tmp_path / "tiny.yaml"), "--seconds", "0.5",
+                "--repeats", "1", "--warmup", "0", "--threads", "1"], tmp_path,
+               [without_package(tmp_path / "site", "onnxruntime")])
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == ["profile: error: the Python package 'onnxruntime' is missing; install the ONNX "
+                                       "extra: pip install 'speechdistill[onnx]' (onnx, onnxscript, onnxruntime); or "
+                                       "leave the onnxruntime columns out (--no-onnx)"]

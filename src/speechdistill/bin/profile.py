@@ -86,7 +86,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 log.info("onnxruntime columns are measured on a CPU only: leaving them out on %s", device)
             check_audio = []
             if onnx:
+                from speechdistill.models.export_onnx import OnnxExportError, require
                 from speechdistill.models.onnx_runtime import read_check_audio, synthetic_utterances
+                try:  # (now, not after the PyTorch rounds of every model)
+                    for package in ("onnx", "onnxscript", "onnxruntime"):
+                        require(package)
+                except OnnxExportError as exc:
+                    raise ValueError(f"{exc}; or leave the onnxruntime columns out (--no-onnx)") from None
                 check_audio = (read_check_audio(args.check_data, args.check_utts, 10.0) if args.check_data
                                else synthetic_utterances())
             total = (len(presets) + 1) * args.repeats * (4 if onnx else 1)  # (+ torch, fp32, int8 per model)
