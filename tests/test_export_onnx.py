@@ -153,6 +153,12 @@ def test_export_matches_pytorch_alone_and_in_padded_batches_fp32_and_int8(name, 
         result = compare_outputs([(reference, got)])
         assert result.worst_abs() <= 1e-4, result.max_abs
         assert min(result.reference_max.values()) > 0.05  # (values that would show a difference)
+    # hidden_<i> is the encoder's own hidden_states[i] (its forward as users call it, this machine's kernels)
+    with torch.no_grad():
+        direct = encoder(wavs, lengths).hidden_states
+    for b, n in enumerate(got["frame_lengths"].tolist()):
+        for i, state in enumerate(direct):
+            np.testing.assert_allclose(got[f"hidden_{i}"][b, :n], state[b, :n].numpy(), atol=1e-4, err_msg=f"hidden_{i}")
     # the padded batch gives each utterance what it gives alone
     alone = model(*padded([audio[2]]))
     batched = model(*padded(audio))
