@@ -263,6 +263,8 @@ def test_cli_stops_on_what_needs_no_model_before_the_export_on_one_line(tmp_path
     for name, (path, message) in unwritable.items():
         assert export_onnx_cli.main([student, str(path)]) == 1, name
         assert capsys.readouterr().err.startswith(f"export_onnx: error: {message}"), name
+    assert export_onnx_cli.main([student, str(out), "--check-utts", "0"]) == 1
+    assert capsys.readouterr().err.startswith("export_onnx: error: --check-utts 0 --check-seconds 10: the check needs")
     for name, (_, _, message) in cases.items():
         stdout, stderr = processes[name].communicate(timeout=300)
         assert processes[name].returncode == 1, (name, stderr)

@@ -84,6 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         # What can fail without the model is checked before the export, which takes minutes for a teacher.
         check_output_file(out, "model.onnx")
+        if args.check and (args.check_utts < 1 or args.check_seconds <= 0):
+            raise ValueError(f"--check-utts {args.check_utts} --check-seconds {args.check_seconds:g}: the check needs "
+                             "at least one utterance of some length (or --no-check)")
         if args.check or args.int8:
             require("onnxruntime")
         if args.check and args.check_data:
