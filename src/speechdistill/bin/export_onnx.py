@@ -74,7 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from speechdistill.models.checkpoints import detect_format, load_heads, load_model
-    from speechdistill.models.export_onnx import check_output_file, export_onnx, require
+    from speechdistill.data.tables import writable_output_file
+    from speechdistill.models.export_onnx import export_onnx, require
     from speechdistill.models.onnx_runtime import OnnxModel, check_export, read_check_audio, synthetic_utterances
 
     if args.threads is not None:
@@ -83,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.perf_counter()
     try:
         # What can fail without the model is checked before the export, which takes minutes for a teacher.
-        check_output_file(out, "model.onnx")
+        writable_output_file(out, "model.onnx")
         if args.check and (args.check_utts < 1 or args.check_seconds <= 0):
             raise ValueError(f"--check-utts {args.check_utts} --check-seconds {args.check_seconds:g}: the check needs "
                              "at least one utterance of some length (or --no-check)")

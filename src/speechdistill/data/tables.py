@@ -240,6 +240,26 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         raise
 
 
+def writable_output_file(path: PathLike, example: str) -> Path:
+    """Fail before any work when the file ``path`` cannot be written (it is a directory, or its folder cannot
+    be made or written in): ValueError naming the path and the fix. ``example``: a file name to suggest."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory. Fix: give the file to write, e.g. {path / example}")
+    existing = next(folder for folder in path.absolute().parents if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{path}: {existing} is a file, not a directory. Fix: choose another output path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=str(path.parent), prefix=f".{path.name}.write-test-"):
+            pass
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ValueError(f"{path}: cannot write it: {exc.strerror or exc}{where}. Fix: make {path.parent} a "
+                         "writable directory or choose another output path") from None
+    return path
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory + rename."""
     with atomic_output(path) as tmp:

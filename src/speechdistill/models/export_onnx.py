@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..data.tables import atomic_output
+from ..data.tables import atomic_output, writable_output_file
 from ..kernels.conv import folds_group_norm
 from .feature_extractor import ConvFeatureExtractor, conv_output_length, masked_group_norm, valid_frames
 from .encoder import Encoder
@@ -58,26 +58,6 @@ def require(module: str):
         return __import__(module)
     except ImportError:
         raise OnnxExportError(f"the Python package '{module}' is missing; {INSTALL_HINT}") from None
-
-
-def check_output_file(path: PathLike, example: str) -> Path:
-    """Fail before any work when the file ``path`` cannot be written (it is a directory, or its folder cannot
-    be made or written in): ValueError naming the path and the fix. ``example``: a file name to suggest."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory. Fix: give the file to write, e.g. {path / example}")
-    existing = next(folder for folder in path.absolute().parents if folder.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{path}: {existing} is a file, not a directory. Fix: choose another output path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=str(path.parent), prefix=f".{path.name}.write-test-"):
-            pass
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise ValueError(f"{path}: cannot write it: {exc.strerror or exc}{where}. Fix: make {path.parent} a "
-                         "writable directory or choose another output path") from None
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +294,7 @@ def export_onnx(encoder: Encoder, out: PathLike, *, layers: Optional[Sequence[in
     require("onnxscript")
     if int8:
         require("onnxruntime")  # (its quantizer: fail before the export, not after it)
-    out = check_output_file(out, "model.onnx")
+    out = writable_output_file(out, "model.onnx")
     chosen = _check_layers(encoder, layers)
     graph = GraphEncoder(encoder, chosen, heads)
     names = output_names(chosen, heads)

@@ -28,11 +28,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..data.tables import atomic_output
+from ..data.tables import atomic_output, writable_output_file
 from .config import EncoderConfig
 from .encoder import Encoder
 from .export_hf import uniform_model_problems
-from .export_onnx import check_output_file
 from .heads import LayerProjections, PredictionHeads
 
 PathLike = Union[str, os.PathLike]
@@ -176,7 +175,7 @@ def export_s3prl(encoder: Encoder, out: PathLike, *, heads: Optional[nn.Module] 
     if problems:
         raise S3prlExportError("s3prl's distiller cannot express this model: " + "; ".join(problems) + ". "
                                + OTHER_ROUTES)
-    check_output_file(out, "student.ckpt")
+    writable_output_file(out, "student.ckpt")
     config = {"distiller": distiller_config(encoder.config, heads)}
     checkpoint = {"Config": config, "Distiller": distiller_state_dict(encoder, heads)}
     with atomic_output(out) as staged:
