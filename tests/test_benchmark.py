@@ -12,14 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from speechdistill import kernels
 from speechdistill.benchmark.measure import matmul_kernel_names
 from speechdistill.benchmark.distill_step import Workload, list_methods, method_student
-from speechdistill.benchmark.eager_baseline import (EagerEncoder, EagerPredictionHeads, fixed_count_batches,
-                                                    pad_batch)
+from speechdistill.benchmark.eager_baseline import EagerEncoder, EagerPredictionHeads, fixed_count_batches
+from speechdistill.data.collate import pad_waveforms
 from speechdistill.benchmark.measure import PeakMemory, time_interleaved
 from speechdistill.models import Encoder, EncoderConfig, architecture, build_student
 from speechdistill.models.heads import HeadsConfig, PredictionHeads
@@ -266,8 +267,10 @@ def test_eager_heads_match_ours():
 def test_fixed_count_batches_sort_longest_first_and_pad():
     assert fixed_count_batches([5, 9, 7, 3], 3) == [[1, 2, 0], [3]]
     assert fixed_count_batches([4, 4, 2], 2) == [[0, 1], [2]]
-    wavs, lengths = pad_batch([torch.ones(3), torch.ones(5)])
-    assert wavs.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]] and lengths.tolist() == [3, 5]
+    wavs, lengths = pad_waveforms([torch.ones(3), np.full(5, 2.0)])
+    assert wavs.tolist() == [[1, 1, 1, 0, 0], [2, 2, 2, 2, 2]] and lengths.tolist() == [3, 5]
+    assert wavs.dtype == torch.float32 and lengths.dtype == torch.int64
+    assert [tuple(t.shape) for t in pad_waveforms([])] == [(0, 0), (0,)]
     with pytest.raises(ValueError, match="batch_size"):
         fixed_count_batches([1], 0)
 

@@ -27,8 +27,8 @@ from speechdistill.models import (Encoder, build_student, count_parameters, list
                                   load_preset, save_model)
 from speechdistill.models.config import architecture
 from speechdistill.models.export_onnx import export_onnx, quantize_int8
-from speechdistill.models.onnx_runtime import (OnnxFrontend, OnnxModel, check_export, compare_outputs, padded,
-                                               torch_outputs)
+from speechdistill.data.collate import pad_waveforms
+from speechdistill.models.onnx_runtime import OnnxFrontend, OnnxModel, check_export, compare_outputs, torch_outputs
 from speechdistill.models.pruning import prune, set_uniform_sparsity
 from _train_toy import make_data_dir
 from test_students import randomize_
@@ -146,7 +146,7 @@ def test_export_matches_pytorch_alone_and_in_padded_batches_fp32_and_int8(name, 
     # each utterance alone (the shortest input with one frame too), then a padded batch of different lengths
     audio = utterances([0.45, 0.2, 0.7]) + utterances([encoder.config.receptive_field / 16000], seed=1)
     for group in ([audio[0]], [audio[3]], audio):
-        wavs, lengths = padded(group)
+        wavs, lengths = pad_waveforms(group)
         reference = torch_outputs(encoder, wavs, lengths, model.outputs, heads)
         got = model(wavs, lengths)
         assert got["frame_lengths"].tolist() == reference["frame_lengths"].tolist()
@@ -160,8 +160,8 @@ def test_export_matches_pytorch_alone_and_in_padded_batches_fp32_and_int8(name, 
         for i, state in enumerate(direct):
             np.testing.assert_allclose(got[f"hidden_{i}"][b, :n], state[b, :n].numpy(), atol=1e-4, err_msg=f"hidden_{i}")
     # the padded batch gives each utterance what it gives alone
-    alone = model(*padded([audio[2]]))
-    batched = model(*padded(audio))
+    alone = model(*pad_waveforms([audio[2]]))
+    batched = model(*pad_waveforms(audio))
     n = int(alone["frame_lengths"][0])
     assert batched["hidden_0"].shape[1] == n and int(batched["frame_lengths"][3]) == 1
     for output in (o for o in expected if o != "frame_lengths"):
@@ -201,7 +201,7 @@ def test_cli_exports_int8_checks_on_held_out_audio_and_names_the_dynamic_axes(ex
     assert list(shapes) == outputs
     assert shapes["hidden_3"] == ["batch", "frames", 72] and shapes["frame_lengths"] == ["batch"]
     assert shapes["head_8"] == ["batch", "frames", 128]
-    wavs, lengths = padded(utterances([0.5, 0.9]))
+    wavs, lengths = pad_waveforms(utterances([0.5, 0.9]))
     values = OnnxModel(out)(wavs, lengths)
     assert values["hidden_3"].shape == (2, int(encoder.frame_lengths(wavs.shape[1])), 72)
     # as a frozen front-end module: SpeechBrain's relative lengths, ESPnet's (features, frame lengths)

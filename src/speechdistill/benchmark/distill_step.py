@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..config import ConfigError, load_config, load_yaml, merge
+from ..data.collate import pad_waveforms
 from ..data.sampler import BucketBatchSampler
 from ..distill import DistillConfig, DistillTask
 from ..models.config import architecture
@@ -108,11 +109,7 @@ class Workload:
 
 def padded(waveforms: Sequence[torch.Tensor], indices: Sequence[int], device: torch.device) -> Dict[str, Any]:
     """A collated batch (``wavs`` [B, T], ``lengths`` [B], ``audio_seconds``) of the chosen utterances."""
-    chosen = [waveforms[i] for i in indices]
-    lengths = torch.tensor([len(w) for w in chosen], dtype=torch.long)
-    wavs = torch.zeros(len(chosen), int(lengths.max()))
-    for row, wav in enumerate(chosen):
-        wavs[row, :len(wav)] = wav
+    wavs, lengths = pad_waveforms([waveforms[i] for i in indices])
     return {"wavs": wavs.to(device), "lengths": lengths.to(device), "audio_seconds": float(lengths.sum()) / SAMPLE_RATE,
             "keys": [f"utt{i}" for i in indices]}
 

@@ -238,15 +238,6 @@ def fixed_count_batches(lengths: Sequence[int], batch_size: int) -> List[List[in
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def pad_batch(waveforms: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad 1-D waveforms to ``[B, T_max]``; returns (wavs, lengths [B] samples)."""
-    lengths = torch.tensor([len(w) for w in waveforms], dtype=torch.long)
-    wavs = torch.zeros(len(waveforms), int(lengths.max()))
-    for row, wav in enumerate(waveforms):
-        wavs[row, :len(wav)] = wav
-    return wavs, lengths
-
-
 class EagerDistilHubertStep:
     """One s3prl-style DistilHuBERT update: fp32 teacher forward, student forward and backward,
     clipping, AdamW (lr 2e-4, betas (0.9, 0.98), eps 1e-6, as the distiller's runner config).

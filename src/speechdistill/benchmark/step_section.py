@@ -11,7 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .distill_step import OurDistillStep, Workload, method_teacher_architecture, padded, save_random_teacher
-from .eager_baseline import EagerDistilHubertStep, fixed_count_batches, pad_batch
+from ..data.collate import pad_waveforms
+from .eager_baseline import EagerDistilHubertStep, fixed_count_batches
 from .measure import time_interleaved
 from .plan import BASELINE_METHOD, PrecisionPlan, Progress, Sizes
 
@@ -54,7 +55,7 @@ def step_section(device: torch.device, plan: PrecisionPlan, sizes: Sizes, method
             baseline = EagerDistilHubertStep(step.task.teacher, step.module.student, step.module.heads,
                                              [layer for _, layer in step.config.loss_terms[0].layers],
                                              student_fp16=device.type == "cuda").to(device)
-            baseline_inputs = [pad_batch([workload.waveforms[i] for i in b]) for b in baseline_batches]
+            baseline_inputs = [pad_waveforms([workload.waveforms[i] for i in b]) for b in baseline_batches]
             baseline_inputs = [(w.to(device), n.to(device)) for w, n in baseline_inputs]
             runs["s3prl_eager_fp32"] = _baseline_epoch(baseline, baseline_inputs)
         repeats = sizes.baseline_repeats if baseline is not None else sizes.step_repeats

@@ -22,7 +22,7 @@ When every item failed, ``B`` is 0 and ``wavs`` is ``[0, 0]``.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -57,18 +57,24 @@ def _collate_field(name: str, values: List[Any]) -> Dict[str, Any]:
     return {name: list(values)}
 
 
+def pad_waveforms(waveforms: Sequence[Union[np.ndarray, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """1-D waveforms (numpy arrays or tensors) -> ``(wavs [B, T_max] float32 zero-padded, lengths [B] int64
+    samples)``; no waveforms give ``[0, 0]`` and ``[0]``."""
+    lengths = torch.tensor([len(w) for w in waveforms], dtype=torch.int64)
+    wavs = torch.zeros(len(waveforms), int(lengths.max()) if len(waveforms) else 0, dtype=torch.float32)
+    for row, wav in enumerate(waveforms):
+        wavs[row, :len(wav)] = torch.as_tensor(wav, dtype=torch.float32)
+    return wavs, lengths
+
+
 def collate_batch(items: Sequence[Union[Dict[str, Any], LoadFailure]], sample_rate: int = SAMPLE_RATE
                   ) -> Dict[str, Any]:
     """Pad the readable items into a batch (see the module docstring for the keys and shapes)."""
     good = [item for item in items if not isinstance(item, LoadFailure)]
     failures = [(item.key, item.message) for item in items if isinstance(item, LoadFailure)]
     refs = [item.ref if isinstance(item, LoadFailure) else item["ref"] for item in items]
-    lengths = torch.tensor([len(item["wav"]) for item in good], dtype=torch.int64)
-    longest = int(lengths.max()) if len(good) else 0
-    wavs = torch.zeros(len(good), longest, dtype=torch.float32)
-    for row, item in enumerate(good):
-        wavs[row, :len(item["wav"])] = torch.from_numpy(np.asarray(item["wav"], dtype=np.float32))
-    total = len(good) * longest
+    wavs, lengths = pad_waveforms([item["wav"] for item in good])
+    total = wavs.numel()
     real = int(lengths.sum()) if len(good) else 0
     batch: Dict[str, Any] = {
         "wavs": wavs,

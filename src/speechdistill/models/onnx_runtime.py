@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import kernels
+from ..data.collate import pad_waveforms
 from .encoder import Encoder
 from .export_onnx import SAMPLE_RATE, PathLike, model_outputs, output_names, require
 
@@ -146,15 +147,6 @@ def compare_outputs(runs: Sequence[Tuple[Mapping[str, np.ndarray], Mapping[str, 
     return result
 
 
-def padded(utterances: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """1-D waveforms -> one zero-padded batch ``(wavs [B, T], lengths [B])``."""
-    lengths = torch.tensor([len(w) for w in utterances])
-    wavs = torch.zeros(len(utterances), int(lengths.max()))
-    for row, w in enumerate(utterances):
-        wavs[row, :len(w)] = w
-    return wavs, lengths
-
-
 def synthetic_utterances(seconds: Sequence[float] = (1.3, 0.7, 2.1), seed: int = 0) -> List[torch.Tensor]:
     """Deterministic speech-like test signals (harmonics of a gliding pitch in noise, with pauses)."""
     generator = torch.Generator().manual_seed(seed)
@@ -196,6 +188,6 @@ def check_export(encoder: Encoder, model: OnnxModel, utterances: Sequence[torch.
                if len(utterances[i:i + batch_size]) > 1]
     runs = []
     for group in groups:
-        wavs, lengths = padded(group)
+        wavs, lengths = pad_waveforms(group)
         runs.append((torch_outputs(encoder, wavs, lengths, model.outputs, heads), model(wavs, lengths)))
     return compare_outputs(runs)
