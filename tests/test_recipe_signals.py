@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO, single_process_env  # noqa: E402
 from _tiny_recipe import TINY_CONFIG, TINY_DISTILL_ARGS, make_tiny_distill_recipe  # noqa: E402
 
-STEPS = 12
+STEPS = 20  # room for three stops, each a few updates after a checkpoint, however loaded the machine
 
 
 def stage3_args(exp: str, *extra: str, steps: int = STEPS) -> list:
@@ -147,7 +147,9 @@ def test_sigterm_or_sigusr1_to_run_sh_or_its_group_checkpoint_exit_99_and_resume
     assert third.returncode == 99, stderr[-3000:]
     assert "SIGUSR1 received; passing it to the running job(s)" in stderr
     third_stop = max(checkpoints(stopped))
-    assert first_stop < second_stop < third_stop < STEPS, "the run finished before it could be stopped"
+    # each stop came later than the one before (the last may land on the final update: its rerun only exports)
+    assert first_stop < second_stop < third_stop <= STEPS and second_stop < STEPS, (first_stop, second_stop,
+                                                                                       third_stop)
     assert f"SIGUSR1 received: stopped after update {third_stop}" in (stopped / "train.log").read_text()
     assert not processes_using("--output-dir exp/stopped", recipe)
 
