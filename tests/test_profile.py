@@ -63,19 +63,24 @@ def _run(args, cwd, first_on_path=()):
 
 def test_profile_prints_params_macs_and_speed_as_json(tmp_path):
     run = _run(["--model", "distilhubert", "--seconds", "1", "--repeats", "2", "--warmup", "0", "--threads", "1",
-                "--log", str(tmp_path / "profile.log")], tmp_path)
+                "--log", str(tmp_path / "logs" / "profile.log")], tmp_path)  # a log folder still to be made
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["params"] == 23_491_200 == report["published_params"]
     assert report["macs_per_second"] == macs_per_second(build_student("distilhubert").encoder.config, 1.0)
     assert len(report["forward_seconds"]) == 2 and report["audio_seconds_per_second"] > 0
     assert report["threads"] == 1
-    assert "result:" in (tmp_path / "profile.log").read_text()
+    assert "result:" in (tmp_path / "logs" / "profile.log").read_text()
     run = _run(["--model", "armhubert", "--no-speed"], tmp_path)
     assert json.loads(run.stdout)["params"] == 26_448_448  # counted with its 12 projection heads
     bad = _run(["--model", "no_such_model"], tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == \
         "profile: error: no_such_model: no such file or directory"
+    (tmp_path / "a_file").write_text("")
+    unwritable = _run(["--model", "distilhubert", "--no-speed", "--log", str(tmp_path / "a_file" / "p.log")], tmp_path)
+    assert unwritable.returncode == 1 and unwritable.stdout == "" and unwritable.stderr.splitlines() == [
+        f"profile: error: --log {tmp_path / 'a_file' / 'p.log'}: cannot write it: File exists ({tmp_path / 'a_file'}). "
+        "Fix: choose a writable path"]
 
 
 def test_profile_table_lists_presets_with_ratios_to_the_reference(tmp_path):

@@ -57,15 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if args.log:
-        try:
-            Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(args.log))
-        except OSError as exc:
-            print(f"export_onnx: error: --log {args.log}: cannot write it: {exc.strerror or exc}. Fix: choose a "
-                  "writable path", file=sys.stderr)
-            return 1
+    from speechdistill.train.logs import command_log_handlers
+
+    try:
+        handlers = command_log_handlers(args.log)
+    except ValueError as exc:
+        print(f"export_onnx: error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s export_onnx: %(message)s", handlers=handlers,
                         force=True)
     log = logging.getLogger("speechdistill.export_onnx")

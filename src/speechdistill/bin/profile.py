@@ -63,9 +63,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.seconds <= 0 or args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         print("profile: error: --seconds must be > 0, --batch and --repeats >= 1, --warmup >= 0", file=sys.stderr)
         return 1
-    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if args.log:
-        handlers.append(logging.FileHandler(args.log))
+    from speechdistill.train.logs import command_log_handlers
+
+    try:
+        handlers = command_log_handlers(args.log)
+    except ValueError as exc:
+        print(f"profile: error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s profile: %(message)s", handlers=handlers, force=True)
     log = logging.getLogger("speechdistill.profile")
 

@@ -51,6 +51,21 @@ def setup_logger(log_file: Path, rank: int) -> logging.Logger:
     return logger
 
 
+def command_log_handlers(log_file: Optional[Path]) -> List[logging.Handler]:
+    """Handlers of a command's log: stderr, and ``log_file`` (appending; its folder made) when given. A log
+    that cannot be opened is a ValueError naming the path and the fix."""
+    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(log_file) else ""
+            raise ValueError(f"--log {log_file}: cannot write it: {exc.strerror or exc}{where}. Fix: choose a "
+                             "writable path") from None
+    return handlers
+
+
 def close_logger(logger: logging.Logger) -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
