@@ -52,3 +52,22 @@ def test_class_balance_is_refused_where_it_would_weigh_nothing_or_one_slot(task)
     ProbeConfig(task="ks", class_balance=True, upstream="u", train_data="d").validate()
     with pytest.raises(ConfigError, match="class_balance"):
         ProbeConfig(task=task, class_balance=True, upstream="u", train_data="d", max_seconds=None).validate()
+
+
+@pytest.mark.parametrize("kind", ["probe", "asr"])
+def test_a_foreign_newer_or_broken_model_config_is_named_with_its_file(kind, tmp_path):
+    from speechdistill.asr.model import ASR_FORMAT, AsrModelError, read_asr_model_info
+    from speechdistill.probe.model import PROBE_FORMAT, ProbeModelError, load_probe_model
+
+    read, error, name = {"probe": (load_probe_model, ProbeModelError, PROBE_FORMAT),
+                         "asr": (read_asr_model_info, AsrModelError, ASR_FORMAT)}[kind]
+    config = tmp_path / "config.yaml"
+    with pytest.raises(error, match="is not an? .*model dir"):
+        read(tmp_path)
+    for text, message in [("format: speechdistill\nformat_version: 1\n", f"not a {name} config"),
+                          (f"format: {name}\nformat_version: 7\n", "format_version 7 is newer than this speechdistill"),
+                          ("format: [unclosed\n", "not valid YAML")]:
+        config.write_text(text)
+        with pytest.raises(error) as caught:
+            read(tmp_path)
+        assert str(caught.value).startswith(f"{config}: {message}"), str(caught.value)

@@ -27,6 +27,7 @@ from ..data.tables import replace_dir_atomically
 from ..downstream.asr import BiLstmCtc, BiLstmCtcConfig
 from ..downstream.featurizer import Featurizer, FeaturizerConfig
 from ..downstream.tokenizer import BPE_MODEL_FILE, TOKENS_FILE, Tokenizer, load_tokenizer
+from ..models.model_dir import read_format_config
 
 PathLike = Union[str, os.PathLike]
 ASR_FORMAT = "speechdistill-asr"
@@ -110,12 +111,7 @@ def read_asr_model_info(model_dir: PathLike) -> AsrModelInfo:
     if not path.is_file():
         raise AsrModelError(f"{path}: not found; {model_dir} is not an ASR model dir. Fix: point to "
                             "<asr exp>/asr_model, written at the end of asr_train")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("format") != ASR_FORMAT:
-        raise AsrModelError(f"{path}: not an ASR model config (missing 'format: {ASR_FORMAT}')")
-    if int(data.get("format_version", 0)) > ASR_FORMAT_VERSION:
-        raise AsrModelError(f"{path}: format_version {data.get('format_version')} is newer than this speechdistill "
-                            f"({ASR_FORMAT_VERSION}); upgrade speechdistill")
+    data = read_format_config(path, ASR_FORMAT, ASR_FORMAT_VERSION, AsrModelError)
     try:
         return AsrModelInfo(
             num_hidden_states=int(data["num_hidden_states"]), hidden_size=int(data["hidden_size"]),

@@ -20,6 +20,7 @@ from ..config import ConfigError, from_dict, to_dict
 from ..data.tables import replace_dir_atomically
 from ..downstream.featurizer import Featurizer, FeaturizerConfig
 from ..downstream.probe_heads import LinearCtc, ProbeHeadConfig, UtteranceClassifier
+from ..models.model_dir import read_format_config
 from .tasks import LabelSet, TaskSpec, task_spec
 
 PathLike = Union[str, os.PathLike]
@@ -102,12 +103,7 @@ def load_probe_model(model_dir: PathLike) -> Tuple[ProbeModel, Dict[str, Any]]:
     if not path.is_file():
         raise ProbeModelError(f"{path}: not found; {model_dir} is not a probe model dir. Fix: point to "
                               f"<probe exp>/{MODEL_DIR}, written at the end of probe_train")
-    info = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(info, dict) or info.get("format") != PROBE_FORMAT:
-        raise ProbeModelError(f"{path}: not a probe model config (missing 'format: {PROBE_FORMAT}')")
-    if int(info.get("format_version", 0)) > PROBE_FORMAT_VERSION:
-        raise ProbeModelError(f"{path}: format_version {info.get('format_version')} is newer than this "
-                              f"speechdistill ({PROBE_FORMAT_VERSION}); upgrade speechdistill")
+    info = read_format_config(path, PROBE_FORMAT, PROBE_FORMAT_VERSION, ProbeModelError)
     try:
         spec = task_spec(str(info["task"]))
         labels_path = model_dir / LABELS_FILE
