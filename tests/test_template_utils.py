@@ -196,3 +196,19 @@ def test_db_sh_defines_one_variable_per_corpus(tmp_path):
                                            "echo ${LIBRISPEECH-unset} ${VOXCELEB1-unset} ${MUSAN-unset}"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout == "\n"  # all set, all empty until the user fills them
+
+
+def test_pool_runs_at_most_nj_at_once_and_pool_wait_returns_the_first_failure(recipe):
+    script = (
+        "set -u; . utils/recipe.sh\n"
+        "job() { echo start $1 >> order; sleep $2; echo end $1 >> order; return $3; }\n"
+        "pool 2 job a 0.6 0; pool 2 job b 0.2 3; pool 2 job c 0.1 0\n"
+        "pool_wait; echo first=$?\n"
+        "pool 2 job d 0 0; pool_wait; echo second=$?\n"
+        "pool 1 job e 0 5; echo inline=$?\n")
+    result = recipe(script)
+    assert result.stdout.splitlines() == ["first=3", "second=0", "inline=5"], result.stderr
+    order = (recipe.dir / "order").read_text().split("\n")
+    # c starts only when one of a, b has ended: never three running at once
+    assert order.index("start c") > min(order.index("end a"), order.index("end b"))
+    assert order[-3:] == ["start e", "end e", ""] and order.index("start d") > order.index("end a")

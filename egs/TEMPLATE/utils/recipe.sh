@@ -63,12 +63,6 @@ pool() {
 pool_wait() {
     local rc=0
     [ "${#_pool_pids[@]}" = 0 ] || wait_jobs "${_pool_pids[@]}" || rc=$?
-    record_time() {
-    mkdir -p "$(dirname "$1")"
-    { grep -v "^$2 " "$1" 2> /dev/null || true; echo "$2 $(($(date +%s) - $3)) $4"; } | sort -n > "$1.tmp"
-    mv "$1.tmp" "$1"
-}
-
-_pool_pids=()
+    _pool_pids=()
     return "${rc}"
 }
