@@ -100,10 +100,6 @@ if [ "${redo}" != true ] && [ -f "${marker}" ] && grep -qxF "${settings}" "${mar
     exit 0
 fi
 record=${pretrain_dir}/.settings
-if [ ! -f "${record}" ] && [ "$(cat "${pretrain_dir}/.done" 2> /dev/null)" = "config=${pretrain_config} ${config_md5} args=${pretrain_args}
-data=${data}" ]; then  # a finished run whose .done names these settings as 'config=... args=...' and 'data=...' lines
-    echo "${settings}" > "${record}"
-fi
 if [ "${redo}" = true ]; then
     rm -rf "${pretrain_dir}"
 elif [ -f "${record}" ] && [ "$(cat "${record}")" != "${settings}" ]; then
