@@ -69,7 +69,7 @@ def test_the_demo_runs_every_stage_and_prints_the_table(demo):
     assert result.returncode == 0, _output(result)
     for stage in range(7):
         assert f"stage {stage}:" in result.stdout, f"stage {stage} did not run\n{_output(result)}"
-    assert "no --teacher given: training a HuBERT-style teacher from scratch" in result.stdout
+    assert "no --teacher given: pretraining a HuBERT teacher from scratch" in result.stdout
     assert "mini librispeech: already built, kept" in result.stdout  # the session's synthesis (fixture)
     for name in ("train", "dev", "test", "musan_noise", "rirs"):
         assert (recipe / "data" / name / ".prep_done").is_file(), name  # prepared by this run's stages 0-1
@@ -93,6 +93,8 @@ def test_the_teacher_is_trained_here_and_imported_like_a_real_one(demo):
     assert (pretrain / "hf/config.json").is_file()
     marker = (recipe / "exp/demo/teacher/.stage2.done").read_text().splitlines()
     assert marker[0] == f"teacher={(pretrain / 'hf').resolve()}" and marker[1].startswith("teacher_md5=")
+    assert marker[2].startswith("pretrained=conf/demo/pretrain_hubert.yaml ") and marker[2].endswith("data=data/train,data/dev")
+    assert (pretrain / ".settings").read_text() == marker[2] + "\n"  # what the checkpoints in there were trained with
     teacher = load_model(recipe / "exp/demo/teacher")
     conf = yaml.safe_load((recipe / "conf/demo/pretrain_hubert.yaml").read_text())["encoder"]
     assert (teacher.config.num_layers, teacher.config.hidden_size) == (conf["num_layers"], conf["hidden_size"])
@@ -201,8 +203,8 @@ def test_a_rerun_keeps_every_product(demo):
     before = {p: p.stat().st_mtime_ns for p in products}
     again = _run(recipe, *DEMO_ARGS, "--stage", "2", "--stop_stage", "4")
     assert again.returncode == 0, _output(again)
-    assert "trained with these settings; kept" in again.stdout
-    assert "already holds" in again.stdout and "already distilled with these settings; kept" in again.stdout
+    assert "keeping the teacher pretrained earlier" in again.stdout
+    assert "already distilled with these settings; kept" in again.stdout
     assert again.stdout.count("already trained with these settings; kept") == 3
     assert {p: p.stat().st_mtime_ns for p in products} == before
 

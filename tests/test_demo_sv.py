@@ -67,7 +67,7 @@ def test_demo_sv_shortened(recipe):
     assert done.returncode == 0, output[-6000:]
 
     # stage 2 pretrained the default teacher (HF export) and imported it like a real one
-    assert "no --teacher given: pretraining a tiny HuBERT" in output
+    assert "no --teacher given: pretraining a HuBERT teacher from scratch" in output
     marker = (recipe / "exp/teacher/.stage2.done").read_text()
     hf_dir = recipe / "exp/pretrain_hubert/hf"
     assert f"teacher={hf_dir.resolve()}" in marker.splitlines() and "pretrained=conf/demo/pretrain_hubert.yaml" in marker

@@ -76,6 +76,10 @@ def test_stages_0_to_2_with_a_teacher_then_fbank(recipe):
     assert "using --sv_config conf/oskdft_paper_mini.yaml" in output  # mini corpus -> the mini preset
     assert (recipe_dir / "exp/teacher/.stage2.done").read_text() == f"teacher={teacher.resolve()}\n"
     assert '"architecture"' in output  # import_teacher's report of the checked checkpoint
+    imported = (recipe_dir / "exp/teacher/model.safetensors").stat().st_mtime_ns
+    again = run(recipe_dir, repo_root, "--stage", "2", "--stop_stage", "2", "--ngpu", "0", "--teacher", str(teacher))
+    assert f"exp/teacher already holds {teacher.resolve()}; kept" in again.stdout
+    assert (recipe_dir / "exp/teacher/model.safetensors").stat().st_mtime_ns == imported
 
     # the fbank baseline through stages 3-5, with TTA, mean subtraction, AS-norm and noisy trials
     conditions = ["clean", "snr5", "reverb", "babble"]
@@ -144,3 +148,26 @@ def test_stage_2_without_a_teacher_says_what_to_pass(recipe):
     assert done.returncode == 1
     assert "stage 2 needs a teacher for conf/oskdft_2024_mini.yaml (system oskdft): pass --teacher PATH" in \
         done.stdout + done.stderr
+
+
+def test_stage_2_refuses_to_continue_a_pretraining_run_of_other_settings(recipe):
+    """The checkpoints in --pretrain_dir belong to the settings in its .settings: other settings (here another
+    config) are refused before anything is trained, as is a run whose settings are not recorded."""
+    recipe_dir, _, repo_root = recipe
+    assert (recipe_dir / "data/.stage0.done").is_file()  # stage 0 of the first test
+    pretrain_dir = recipe_dir / "exp/other_pretrain"
+    (pretrain_dir / "checkpoints").mkdir(parents=True)
+    recorded = "pretrained=conf/demo/pretrain_hubert.yaml 0123 args= data=data/train"
+    (pretrain_dir / ".settings").write_text(recorded + "\n")
+    args = ("--stage", "2", "--stop_stage", "2", "--ngpu", "0", "--teacher_dir", "exp/other_teacher",
+            "--pretrain_dir", "exp/other_pretrain", "--sv_config", "conf/oskdft_2024_mini.yaml")
+    done = run(recipe_dir, repo_root, *args, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert f"exp/other_pretrain holds a teacher pretrained with other settings ({recorded})" in output
+    assert "pass --redo true to pretrain again" in output
+    assert not (pretrain_dir / "train.log").exists() and not (recipe_dir / "exp/other_teacher").exists()
+    (pretrain_dir / ".settings").unlink()
+    done = run(recipe_dir, repo_root, *args, check=False)
+    assert done.returncode == 1 and "whose settings are not recorded" in done.stdout + done.stderr
+    assert (pretrain_dir / "checkpoints").is_dir() and not (pretrain_dir / "train.log").exists()

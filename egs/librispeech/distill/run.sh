@@ -27,7 +27,8 @@ mini_size=default                 # default (about 30 min of training speech) or
 seed=0                            # seed of the mini corpora
 # stages 2-3: teacher and distillation
 teacher=                          # stage 2: teacher checkpoint: Hugging Face dir, fairseq .pt or s3prl checkpoint;
-                                  # empty: train a HuBERT-style teacher from scratch on data/train (pretrain_config)
+                                  # empty: keep a teacher imported earlier, else train a HuBERT-style teacher from
+                                  # scratch on data/train (pretrain_config) in <teacher_dir>_pretrain (utils/teacher.sh)
 pretrain_config=conf/demo/pretrain_hubert.yaml  # stage 2 without --teacher: pretrain_hubert config
 pretrain_args=                    # extra pretrain_hubert options, e.g. "--max_steps 50"
 teacher_dir=exp/teacher           # stage 2 writes the imported teacher here (our model dir); stage 3 reads it
@@ -115,8 +116,9 @@ fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     log "stage 2: teacher -> ${teacher_dir} (marker: ${teacher_dir}/.stage2.done)"
-    run_job local/teacher.sh --teacher "${teacher}" --teacher_dir "${teacher_dir}" \
-        --pretrain_config "${pretrain_config}" --pretrain_args "${pretrain_args}" "${train_opts[@]}"
+    run_job utils/teacher.sh --teacher "${teacher}" --teacher_dir "${teacher_dir}" --pretrain_teacher true \
+        --pretrain_config "${pretrain_config}" --pretrain_args "${pretrain_args}" --pretrain_dir "${teacher_dir}_pretrain" \
+        --used_by "${distill_config}" "${train_opts[@]}"
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then

@@ -104,9 +104,10 @@ resolve_sv() {
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     resolve_sv
     log "stage 2: teacher -> ${teacher_dir} (marker: ${teacher_dir}/.stage2.done)"
-    run_job local/teacher.sh --teacher "${teacher}" --teacher_dir "${teacher_dir}" --pretrain_teacher "${pretrain_teacher}" \
+    run_job utils/teacher.sh --teacher "${teacher}" --teacher_dir "${teacher_dir}" --pretrain_teacher "${pretrain_teacher}" \
         --pretrain_config "${pretrain_config}" --pretrain_args "${pretrain_args}" --pretrain_dir "${pretrain_dir}" \
-        --sv_system "${sv_system}" --sv_config "${sv_config}" --ngpu "${ngpu}" "${job_opts[@]}"
+        --needs_teacher "$([ "${sv_system}" = fbank ] && echo false || echo true)" \
+        --used_by "${sv_config} (system ${sv_system})" --ngpu "${ngpu}" "${job_opts[@]}"
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then

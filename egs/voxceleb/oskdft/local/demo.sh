@@ -90,7 +90,7 @@ test_set=$(. data/.stage0.done && echo "${test_sets}")
     --pretrain_args "${pretrain_args}" ${teacher:+--teacher "${teacher}"} &
 stage2=$!
 progress teacher exp/pretrain_hubert/train.log
-wait "${stage2}" || { log "error: stage 2 failed (see exp/log/pretrain_hubert.log, exp/log/import_teacher.log)"; exit 1; }
+wait "${stage2}" || { log "error: stage 2 failed (see exp/pretrain_hubert/log/pretrain_hubert.log, exp/log/import_teacher.log)"; exit 1; }
 teacher_line=$(grep '^teacher=' exp/teacher/.stage2.done)
 
 # the runs: "<name> <system> <seed>", every seed of the students first (they take longest), then the baselines
