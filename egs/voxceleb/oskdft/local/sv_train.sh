@@ -31,7 +31,7 @@ if [ "${sv_system}" != fbank ]; then
     [ -f "${teacher_dir}/.stage2.done" ] || { log "error: ${sv_config} needs a teacher and ${teacher_dir} has none;" \
         "run stage 2 (with --teacher PATH, or on the mini corpus without it)"; exit 1; }
     teacher_opts=(--teacher "${teacher_dir}")
-    teacher_used=$(grep -E '^(teacher|pretrained)=' "${teacher_dir}/.stage2.done" | paste -sd ' ')
+    teacher_used=$(paste -sd ' ' "${teacher_dir}/.stage2.done")  # the teacher's source and, if pretrained, its weights' md5
 fi
 settings="config=${sv_config} $(md5sum < "${sv_config}" | cut -d' ' -f1) args=${sv_args} ${teacher_used} data=data/${train_set}"
 if up_to_date "${sv_exp}/.stage3.done" "${settings}" "${sv_exp}/sv_model/sv_model.yaml"; then
