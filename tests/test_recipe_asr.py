@@ -69,7 +69,7 @@ def test_stages_4_and_5_train_decode_and_write_results(tmp_path, repo_root):
 
     args = ["--stage", "4", "--stop_stage", "5", "--ngpu", "0", "--upstream", upstream, "--asr_config",
             "conf/asr_mini.yaml", "--asr_args", "--max_steps 4 --valid_every 2 --batch_seconds 10 --num_workers 0",
-            "--test_conditions", "clean snr5"]
+            "--test_conditions", "clean snr5", "--asr_dump_features", "true"]
     first = _run(recipe, repo_root, *args)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "no data/.stage1.done: the snr conditions add white Gaussian noise" in first.stdout
@@ -78,6 +78,13 @@ def test_stages_4_and_5_train_decode_and_write_results(tmp_path, repo_root):
     assert info.upstream == str(upstream.resolve()) and info.token_type == "char"
     assert (recipe / "data/token_list/char/tokens.txt").read_text() == (exp / "asr_model/tokens.txt").read_text()
     assert "update 4/4" in (exp / "train.log").read_text()
+    # the probe trained on hidden states dumped once per data dir (utils/recipe.sh dump_upstream_features)
+    stage0 = dict(line.split("=", 1) for line in (recipe / "data/.stage0.done").read_text().splitlines() if "=" in line)
+    command = (exp / "log/asr_train.log").read_text()
+    for option, name in (("--train_features", stage0["train_set"]), ("--valid_features", stage0["valid_set"])):
+        assert f"{option} exp/asr_mini_upstream/dump/{name}" in command
+        assert sorted(read_table(exp / "dump" / name / "feats.scp")) == \
+            sorted(read_table(recipe / "data" / name / "utt2num_samples"))
 
     results = (exp / "RESULTS.md").read_text()
     refs = read_table(recipe / "data/test_clean/text")

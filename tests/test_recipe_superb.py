@@ -107,3 +107,21 @@ def test_pr_stage_of_the_librispeech_recipe_and_sid_stage_of_the_voxceleb_recipe
     assert sid.returncode == 0, sid.stdout[-4000:] + sid.stderr[-3000:]
     score = json.loads((voxceleb / "exp/sid_upstream/eval/test/score.json").read_text())
     assert score["task"] == "sid" and score["utterances"] == len(read_table(voxceleb / "data/sid_test/utt2spk"))
+
+
+def test_dumped_features_are_what_the_probe_trains_on(recipe_run):
+    """--dump_features true: both data dirs' hidden states are dumped once under <exp>/dump and the probe reads them
+    (train_features / valid_features) instead of running the upstream."""
+    recipe, upstream, _ = recipe_run
+    done = run_recipe(recipe, *ARGS[2:], "--tasks", "ks", "--stage", "1", "--stop_stage", "1", "--dump_features",
+                      "true", "--exp_dir", "exp_dumped", "--upstream", str(upstream))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    exp = recipe / "exp_dumped" / "ks_upstream"
+    for name, data in (("train", "ks_train"), ("dev", "ks_dev")):
+        dumped = read_table(exp / "dump" / name / "feats.scp")
+        assert sorted(dumped) == sorted(read_table(recipe / "data" / data / "utt2num_samples")), name
+        assert (exp / "log" / f"dump_features.{name}.log").is_file()
+    command = (exp / "log" / "probe_train.log").read_text()
+    assert f"--train_features {exp.relative_to(recipe)}/dump/train" in command
+    assert f"--valid_features {exp.relative_to(recipe)}/dump/dev" in command
+    assert "update 3/3" in (exp / "train.log").read_text() and (exp / "eval/test/score.json").is_file()

@@ -13,6 +13,9 @@
 #   record_time FILE STAGE START WHAT
 #                                  keep "STAGE SECONDS WHAT" in FILE (one line per stage; START: seconds since the
 #                                  epoch), the run times a RESULTS.md reports
+#   dump_upstream_features EXP UPSTREAM DEVICE GPU TRAIN_NAME:DIR VALID_NAME:DIR
+#                                  dump_features of both data dirs into EXP/dump/<NAME> (logs in EXP/log/);
+#                                  sets feature_opts=(--train_features ... --valid_features ...) for *_train
 #   pool NJ CMD...; pool_wait      run CMD in the background, at most NJ at a time (NJ <= 1: now, in order);
 #                                  pool_wait waits for all through stop signals and returns the first failure
 # shellcheck shell=bash
@@ -49,6 +52,17 @@ record_time() {
     mkdir -p "$(dirname "$1")"
     { grep -v "^$2 " "$1" 2> /dev/null || true; echo "$2 $(($(date +%s) - $3)) $4"; } | sort -n > "$1.tmp"
     mv "$1.tmp" "$1"
+}
+
+dump_upstream_features() {
+    local exp=$1 upstream=$2 device=$3 gpu=$4 pair dumps=()
+    for pair in "${@:5}"; do
+        run_job ${train_cmd} --gpu "${gpu}" "${exp}/log/dump_features.${pair%%:*}.log" \
+            python -m speechdistill.bin.dump_features --upstream "${upstream}" --data "${pair#*:}" \
+            --out "${exp}/dump/${pair%%:*}" --device "${device}"
+        dumps+=("${exp}/dump/${pair%%:*}")
+    done
+    feature_opts=(--train_features "${dumps[0]}" --valid_features "${dumps[1]}")
 }
 
 _pool_pids=()

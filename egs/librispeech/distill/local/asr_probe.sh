@@ -40,14 +40,8 @@ if up_to_date "${asr_exp}/.stage4.done" "${settings}" "${asr_exp}/asr_model/mode
 fi
 [ "${redo}" = true ] && rm -rf "${asr_exp}"
 feature_opts=()
-if [ "${dump_features}" = true ]; then
-    for dset in "${train_set}" "${valid_set}"; do
-        run_job ${train_cmd} --gpu "$((ngpu > 0))" "${asr_exp}/log/dump_features.${dset}.log" \
-            python -m speechdistill.bin.dump_features --upstream "${upstream}" --data "data/${dset}" \
-            --out "${asr_exp}/dump/${dset}" --device "${device}"
-    done
-    feature_opts=(--train_features "${asr_exp}/dump/${train_set}" --valid_features "${asr_exp}/dump/${valid_set}")
-fi
+[ "${dump_features}" != true ] || dump_upstream_features "${asr_exp}" "${upstream}" "${device}" "$((ngpu > 0))" \
+    "${train_set}:data/${train_set}" "${valid_set}:data/${valid_set}"
 log "training ${asr_exp} (console: ${asr_exp}/log/asr_train.log; a rerun resumes from its checkpoints)"
 # shellcheck disable=SC2086  # asr_args is split into words, as ESPnet's --asr_args
 with_progress "${asr_exp}/train.log" utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${ngpu}" \

@@ -62,14 +62,8 @@ else
     mkdir -p "${exp}"
     echo "${inputs}" > "${exp}/.inputs"
     feature_opts=()
-    if [ "${dump_features}" = true ]; then
-        for pair in "train:${train}" "dev:${dev}"; do
-            run_job ${train_cmd} --gpu "${gpu}" "${exp}/log/dump_features.${pair%%:*}.log" \
-                python -m speechdistill.bin.dump_features --upstream "${upstream}" --data "${pair#*:}" \
-                --out "${exp}/dump/${pair%%:*}" --device "${device}"
-        done
-        feature_opts=(--train_features "${exp}/dump/train" --valid_features "${exp}/dump/dev")
-    fi
+    [ "${dump_features}" != true ] || dump_upstream_features "${exp}" "${upstream}" "${device}" "${gpu}" \
+        "train:${train}" "dev:${dev}"
     log "${task} probe on ${upstream} -> ${exp} (log: ${exp}/log/probe_train.log; a rerun resumes)"
     # shellcheck disable=SC2086  # probe_args is split into words
     run_job utils/launch_training.sh --cmd "${cuda_cmd}" --ngpu "${gpu}" "${exp}/log/probe_train.log" \
