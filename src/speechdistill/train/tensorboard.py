@@ -12,10 +12,26 @@ step 0), and TensorBoard's readers discard older events from that step on.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 DIRECTORY = "tensorboard"
+
+
+def _wait_for_a_later_file_name(log_dir: Path) -> None:
+    """Readers take event files in name order (events.out.tfevents.<seconds>.<host>.<pid>...): a run that starts
+    in the same second as an earlier file could sort before it (pid order) and be overridden by the events its
+    purge marker drops. Wait until this run's file name is later in time than every file there."""
+    stamps = []
+    for path in log_dir.glob("events.out.tfevents.*"):
+        parts = path.name.split(".")
+        if len(parts) > 3 and parts[3].isdigit():
+            stamps.append(int(parts[3]))
+    if stamps:
+        delay = max(stamps) + 1 - time.time()
+        if delay > 0:
+            time.sleep(delay)
 
 
 class TensorBoardEvents:
@@ -33,6 +49,7 @@ class TensorBoardEvents:
             raise ImportError("tensorboard: true needs the tensorboard package (pip install tensorboard, part of "
                               "speechdistill's install); or set tensorboard: false (--tensorboard false)") from None
         self.log_dir = Path(log_dir)
+        _wait_for_a_later_file_name(self.log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=first_step, flush_secs=30)
 
     def write(self, record: Mapping[str, Any]) -> None:
